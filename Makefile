@@ -1,0 +1,43 @@
+# Every target sets up what it needs: the .venv (once), then the dataset check.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=900
+
+.PHONY: setup data run test unit nbtest lab pretrained bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -e .
+	@touch $(STAMP)
+
+# Finds the dataset offline (data/, then Debian's package); DOWNLOAD=1 allows torchvision's download.
+data: $(STAMP)
+	@$(PY) -m distill_utils data $(if $(DOWNLOAD),--download)
+
+run: data
+	$(PY) -m distill_utils run
+
+test: data
+	$(PY) -m pytest tests/ notebooks/ $(NBVAL)
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/
+
+nbtest: data
+	$(PY) -m pytest notebooks/ $(NBVAL)
+
+lab: data
+	$(VENV)/bin/jupyter lab notebooks/
+
+pretrained: data
+	$(PY) -m distill_utils pretrained
+
+bench: data
+	$(PY) bench/train_speed.py
+
+clean:
+	rm -rf runs/ .pytest_cache

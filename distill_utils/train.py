@@ -1,0 +1,157 @@
+"""Seeds, device choice, and a plain training loop with progress bars.
+
+Taught in notebook 01. ``fit`` trains any model on a ``Dataset`` (or a single ``Split``)
+and returns a history: one dict per epoch with loss, accuracy, learning rate and time.
+Distillation (notebook 03) reuses ``fit`` by passing its own ``step`` function.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+__all__ = ["set_seed", "choose_device", "fit", "evaluate", "predict", "cross_entropy_step"]
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy (if present) and torch (CPU and CUDA)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def choose_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else ``$DISTILL_DEVICE``, else cuda > mps > cpu."""
+    device = device or os.environ.get("DISTILL_DEVICE")
+    if device:
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'cpu' "
+                             "or leave device unset to pick the best available one")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _inputs(x, device, channels_last):
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+@torch.inference_mode()
+def predict(model, split, batch_size: int = 2048, device=None) -> torch.Tensor:
+    """Logits for every example of ``split``, in order, as a CPU tensor (N, classes)."""
+    device = choose_device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(_inputs(x, device, True)).float().cpu() for x, _ in split.batches(batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model, split, batch_size: int = 2048, device=None) -> float:
+    """Accuracy of ``model`` on ``split``, in [0, 1] (notebook 01)."""
+    logits = predict(model, split, batch_size, device)
+    return (logits.argmax(1) == split.y.cpu()).float().mean().item()
+
+
+def cross_entropy_step(label_smoothing: float = 0.0):
+    """The default training step: ``step(model, x, y, index) -> (loss, logits)``."""
+    def step(model, x, y, index):
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+    return step
+
+
+def _optimizer(name, params, lr, weight_decay):
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adamw' or 'sgd'")
+
+
+def _schedule(name, opt, lr, total_steps):
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.25)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise ValueError(f"unknown schedule {name!r}; choose 'onecycle', 'cosine' or 'constant'")
+
+
+def fit(model, data, epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
+        optimizer: str = "adamw", weight_decay: float = 5e-4, schedule: str = "onecycle",
+        augment: bool = False, label_smoothing: float = 0.0, seed: int = 0, device=None,
+        progress: bool = True, step=None, params=None, channels_last: bool = True) -> list[dict]:
+    """Train ``model`` on ``data`` and return the per-epoch history (notebook 01).
+
+    ``data`` is a ``Dataset`` (trains on ``train``, evaluates on ``val`` if it has one, else
+    ``test``) or a single ``Split`` (no evaluation). ``lr`` is the peak learning rate of the
+    schedule. ``step(model, x, y, index) -> (loss, logits)`` replaces the cross-entropy step;
+    ``params`` replaces ``model.parameters()`` (e.g. to add a distillation regressor).
+    """
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0; got epochs={epochs}, "
+                         f"batch_size={batch_size}, lr={lr}")
+    train_split = getattr(data, "train", data)
+    eval_name = "val" if getattr(data, "val", None) is not None else ("test" if hasattr(data, "test") else None)
+    eval_split = getattr(data, eval_name) if eval_name else None
+    device = choose_device(device)
+    channels_last = channels_last and device.type != "mps"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    step = step or cross_entropy_step(label_smoothing)
+    n_batches = math.ceil(len(train_split) / batch_size)
+    opt = _optimizer(optimizer, list(params) if params is not None else model.parameters(), lr, weight_decay)
+    sched = _schedule(schedule, opt, lr, epochs * n_batches)
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        start, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=True)
+        batches = train_split.batches(batch_size, shuffle=True, seed=seed * 100_003 + epoch,
+                                      augment=augment, with_index=True)
+        for i, (x, y, index) in enumerate(batches):
+            x, y = _inputs(x, device, channels_last), y.to(device, non_blocking=True)
+            loss, logits = step(model, x, y, index)
+            loss_val = loss.item()
+            if not math.isfinite(loss_val):
+                bar.close()
+                raise FloatingPointError(
+                    f"loss became {loss_val} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
+                    f"Try a lower learning rate (lr={lr}) or, when distilling, a smaller temperature T.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss_val * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            if i % 20 == 0 or i == n_batches - 1:
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+            bar.update()
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+        if eval_split is not None:
+            row[f"{eval_name}_acc"] = evaluate(model, eval_split, device=device)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_acc']:.4f}",
+                            **{eval_name: f"{row[f'{eval_name}_acc']:.4f}"})
+        row["seconds"] = time.perf_counter() - start
+        bar.close()
+        history.append(row)
+    return history

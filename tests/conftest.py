@@ -1,0 +1,41 @@
+import gzip
+import struct
+
+import pytest
+import torch
+
+
+def write_idx(path, tensor: torch.Tensor, gz: bool = False):
+    """Write a uint8 tensor as an IDX file (the format of MNIST and Fashion-MNIST)."""
+    header = bytes([0, 0, 8, tensor.dim()]) + struct.pack(f">{tensor.dim()}I", *tensor.shape)
+    data = header + tensor.to(torch.uint8).numpy().tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def make_idx_dataset(folder, n_train=40, n_test=20, gz=False, seed=0):
+    """Tiny fake IDX files in ``folder``; returns the tensors written."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        x = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        y = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+        write_idx(folder / f"{split}-images-idx3-ubyte", x, gz)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", y, gz)
+        out[split] = (x, y)
+    return out
+
+
+@pytest.fixture
+def no_debian(monkeypatch):
+    """Hide Debian's Fashion-MNIST so a test sees only its own files."""
+    import dataclasses
+    from distill_utils import data
+    spec = dataclasses.replace(data.DATASETS["fashion_mnist"], debian="/nonexistent/fashion-mnist")
+    monkeypatch.setitem(data.DATASETS, "fashion_mnist", spec)
