@@ -45,7 +45,7 @@ def resolve_notebooks(names=None) -> list[Path]:
 def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True) -> Path:
     """Execute notebooks in order with papermill into ``out_dir`` (default ``runs/<timestamp>``).
 
-    Each gets ``out_dir`` (absolute) plus ``parameters``; they run with ``notebooks/`` as the
+    Each gets ``out_dir`` (absolute) plus those of ``parameters`` it declares; they run with ``notebooks/`` as the
     working directory, like in JupyterLab. Stops at the first failing notebook, whose
     executed copy (with the error) is kept.
     """
@@ -53,11 +53,13 @@ def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True) -
 
     out = Path(out_dir or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    given = {**(parameters or {}), "out_dir": str(out)}
     for nb in resolve_notebooks(notebooks):
         start = time.perf_counter()
         print(f"running {nb.name} ...", flush=True)
+        declared = pm.inspect_notebook(str(nb))  # pass each notebook only the parameters it has
         pm.execute_notebook(str(nb), str(out / nb.name), cwd=str(NOTEBOOKS),
-                            parameters={**(parameters or {}), "out_dir": str(out)},
+                            parameters={k: v for k, v in given.items() if k in declared},
                             progress_bar=progress)
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return out
