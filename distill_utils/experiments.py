@@ -34,8 +34,11 @@ def resolve_notebooks(names=None) -> list[Path]:
         return [NOTEBOOKS / n for n in SEQUENCE]
     paths = []
     for name in names:
-        matches = sorted(NOTEBOOKS.glob(f"{name}*.ipynb")) or [Path(name)]
-        if not matches[0].exists():
+        if Path(name).suffix == ".ipynb":
+            matches = [p for p in (Path(name), NOTEBOOKS / name) if p.exists()]
+        else:
+            matches = sorted(NOTEBOOKS.glob(f"{name}*.ipynb"))
+        if not matches:
             raise FileNotFoundError(f"no notebook matches {name!r}; available: "
                                     f"{', '.join(p.name for p in sorted(NOTEBOOKS.glob('*.ipynb')))}")
         paths.append(matches[0])
