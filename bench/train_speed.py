@@ -7,29 +7,17 @@ torch.utils.flop_counter), this machine's fp32 GEMM rate and their ratio, for
 Usage: python bench/train_speed.py [--samples 12800] [--batch-size 128] [--threads N]
 """
 import argparse
-import gzip
-import shutil
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from distill_utils.data import find_files, load_dataset
+from common import gemm_gflops, torchvision_train_set
+from distill_utils.data import load_dataset
 from distill_utils.models import build_model
 from distill_utils.train import fit, set_seed
-
-
-def gemm_gflops(n=2048, repeats=10):
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def train_flops_per_sample(batch_size):
@@ -51,16 +39,8 @@ def ours(samples, batch_size):
 
 def plain(samples, batch_size):
     """The PyTorch-tutorial way: PIL images through transforms, one at a time, every epoch."""
-    from torchvision import datasets, transforms
     with tempfile.TemporaryDirectory() as root:
-        raw = Path(root) / "FashionMNIST" / "raw"
-        raw.mkdir(parents=True)
-        for path in sum(find_files("fashion_mnist", "data")[1].values(), []):  # torchvision wants them un-gzipped
-            target = raw / path.name.removesuffix(".gz")
-            with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])
-        train_set = datasets.FashionMNIST(root, train=True, download=False, transform=tf)
+        train_set = torchvision_train_set(root)
         loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True)
         set_seed(0)
         model = build_model("teacher_cnn")

@@ -55,3 +55,31 @@ def plot_confusion(matrix: torch.Tensor, classes, title: str = "confusion matrix
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
+
+
+def bar_probs(ax, probs, classes, title: str = "", highlight: int | None = None):
+    """A bar chart of one probability vector over ``classes``; ``highlight`` marks the true class (notebook 02)."""
+    colors = ["tab:orange" if i == highlight else "tab:blue" for i in range(len(classes))]
+    ax.bar(range(len(classes)), probs, color=colors)
+    ax.set_ylim(0, 1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_heatmap(matrix, rows, cols, title: str = "", fmt: str = "{:.2f}", cmap: str = "viridis"):
+    """An annotated heatmap of a small 2-D tensor (notebook 02's class similarity, sweep grids)."""
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(cols), 0.8 + 0.5 * len(rows)))
+    im = ax.imshow(matrix, cmap=cmap)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    hi = float(matrix.max())
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = float(matrix[i][j])
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7,
+                    color="black" if v > 0.6 * hi else "white")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
