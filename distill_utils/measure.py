@@ -140,3 +140,27 @@ def summary(model: nn.Module, example_input: torch.Tensor, repeats: int = 30,
            "flops": count_flops(model, example_input),
            **latency_ms(model, example_input, repeats=repeats, threads=threads), **size_on_disk(model)}
     return {k: float(f"{v:.4g}") if isinstance(v, float) else int(v) for k, v in row.items()}
+
+
+def agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
+    """Share of examples where two models predict the same class, in [0, 1] (notebook 03)."""
+    return (logits_a.argmax(1) == logits_b.argmax(1)).float().mean().item()
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict:
+    """Expected calibration error (Guo et al. 2017) and the reliability curve (notebook 03).
+
+    Predictions are grouped into ``bins`` equal-width confidence bins; ECE is the
+    example-weighted mean of |accuracy - confidence| over the bins. Returns ``ece`` and,
+    per non-empty bin, ``confidence``, ``accuracy`` and ``count`` lists.
+    """
+    confidence, pred = logits.float().softmax(1).max(1)
+    correct = (pred == labels).float()
+    which = (confidence * bins).long().clamp(max=bins - 1)  # bin index of each example
+    count = torch.bincount(which, minlength=bins).float()
+    conf_sum = torch.bincount(which, weights=confidence, minlength=bins)
+    acc_sum = torch.bincount(which, weights=correct, minlength=bins)
+    used = count > 0
+    ece = ((acc_sum - conf_sum).abs().sum() / len(labels)).item()
+    return {"ece": ece, "confidence": (conf_sum[used] / count[used]).tolist(),
+            "accuracy": (acc_sum[used] / count[used]).tolist(), "count": count[used].long().tolist()}

@@ -142,3 +142,17 @@ def test_non_tensor_input_and_scalar_rejected():
         count_flops(small_net(), [[0.0] * 28] * 28)
     with pytest.raises(ValueError, match="scalar tensor"):
         latency_ms(small_net(), torch.tensor(1.0), repeats=1)
+
+
+def test_calibration_against_explicit_bins():
+    from distill_utils.measure import agreement, calibration
+    # confidences 0.9, 0.9, 0.6, 0.6 (two classes)
+    p = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    labels = torch.tensor([0, 0, 0, 0])  # the last prediction (class 1) is wrong
+    result = calibration(p.log(), labels, bins=10)
+    # bin 0.9: accuracy 1, confidence 0.9 (2 examples); bin 0.6: accuracy 0.5, confidence 0.6 (2)
+    assert result["count"] == [2, 2]
+    assert result["ece"] == pytest.approx((2 * 0.1 + 2 * 0.1) / 4)
+    perfect = calibration(torch.tensor([[10.0, -10.0]] * 3), torch.zeros(3, dtype=torch.long))
+    assert perfect["ece"] == pytest.approx(0, abs=1e-6)
+    assert agreement(p.log(), torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0], [1.0, 0]])) == 0.5
