@@ -28,7 +28,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_chec
 FORMAT, FORMAT_VERSION = "distill-lab-checkpoint", 1
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "data" / "pretrained"
 # Shipped pretrained weights: name -> expected SHA-256 of the .safetensors file (None: not pinned).
-PRETRAINED = {"teacher_fashion_mnist": None}
+PRETRAINED = {"teacher_fashion_mnist": "42e3a747f6318f23c8d609e852d6a486d3cce6961d585902c917eeefce4836ca"}
 
 
 class CheckpointError(Exception):
