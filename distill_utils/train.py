@@ -84,11 +84,11 @@ def _optimizer(name, params, lr, weight_decay):
 
 
 def _schedule(name, opt, lr, total_steps):
-    if name == "onecycle":
+    if name == "onecycle" and total_steps >= 8:  # shorter runs have no room for warm-up and decay
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.25)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    if name == "constant":
+    if name in ("constant", "onecycle"):
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     raise ValueError(f"unknown schedule {name!r}; choose 'onecycle', 'cosine' or 'constant'")
 

@@ -112,3 +112,9 @@ def test_choose_device(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             choose_device("cuda")
+
+
+@pytest.mark.parametrize("n", [16, 64, 160])  # 1, 4 and 10 steps
+def test_fit_handles_very_short_runs(n):
+    history = fit(build_model("student_mlp"), tiny_dataset(n).train, epochs=1, batch_size=16, progress=False)
+    assert len(history) == 1 and history[0]["train_loss"] > 0
