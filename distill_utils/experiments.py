@@ -14,7 +14,8 @@ from ._io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-SEQUENCE = ("00_setup.ipynb", "01_teacher_training.ipynb")
+SEQUENCE = ("00_setup.ipynb", "01_teacher_training.ipynb", "02_soft_targets_and_temperature.ipynb",
+            "03_knowledge_distillation.ipynb", "04_feature_distillation.ipynb")
 
 
 def save_metrics(out_dir, notebook: str, metrics: dict) -> Path:

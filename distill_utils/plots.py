@@ -69,7 +69,7 @@ def bar_probs(ax, probs, classes, title: str = "", highlight: int | None = None)
 
 def plot_heatmap(matrix, rows, cols, title: str = "", fmt: str = "{:.2f}", cmap: str = "viridis"):
     """An annotated heatmap of a small 2-D tensor (notebook 02's class similarity, sweep grids)."""
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(cols), 0.8 + 0.5 * len(rows)))
+    fig, ax = plt.subplots(figsize=(max(5.5, 2 + 0.65 * len(cols)), max(2.8, 1.3 + 0.5 * len(rows))))
     im = ax.imshow(matrix, cmap=cmap)
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
