@@ -96,13 +96,14 @@ def _schedule(name, opt, lr, total_steps):
 def fit(model, data, epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
         optimizer: str = "adamw", weight_decay: float = 5e-4, schedule: str = "onecycle",
         augment: bool = False, label_smoothing: float = 0.0, seed: int = 0, device=None,
-        progress: bool = True, step=None, params=None, channels_last: bool = True) -> list[dict]:
+        progress: bool = True, step=None, params=None, channels_last: bool = True, callback=None) -> list[dict]:
     """Train ``model`` on ``data`` and return the per-epoch history (notebook 01).
 
     ``data`` is a ``Dataset`` (trains on ``train``, evaluates on ``val`` if it has one, else
     ``test``) or a single ``Split`` (no evaluation). ``lr`` is the peak learning rate of the
     schedule. ``step(model, x, y, index) -> (loss, logits)`` replaces the cross-entropy step;
-    ``params`` replaces ``model.parameters()`` (e.g. to add a distillation regressor).
+    ``params`` replaces ``model.parameters()`` (e.g. to add a distillation regressor);
+    ``callback(step)`` runs after every optimizer step (1, 2, ...), e.g. to prune gradually.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0; got epochs={epochs}, "
@@ -139,6 +140,8 @@ def fit(model, data, epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
             loss.backward()
             opt.step()
             sched.step()
+            if callback is not None:
+                callback(epoch * n_batches + i + 1)
             loss_sum += loss_val * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
