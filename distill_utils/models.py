@@ -72,15 +72,18 @@ def _scaled(values, width):
     return tuple(max(1, round(v * width)) for v in values)
 
 
-def teacher_cnn(num_classes=10, in_channels=1, image_size=28, width=1.0, dropout=0.25):
-    """The default teacher: about 0.7M parameters on 28x28 inputs (notebook 01)."""
-    return ConvNet(_scaled((32, 64, 128), width), round(512 * width), num_classes,
+def teacher_cnn(num_classes=10, in_channels=1, image_size=28, width=1.0, dropout=0.25, channels=None):
+    """The default teacher: about 0.7M parameters on 28x28 inputs (notebook 01).
+
+    ``channels`` (one count per block) overrides the width-scaled ones; channel pruning
+    (notebook 06) records its result this way."""
+    return ConvNet(tuple(channels or _scaled((32, 64, 128), width)), round(512 * width), num_classes,
                    in_channels, image_size, dropout)
 
 
-def student_cnn(num_classes=10, in_channels=1, image_size=28, width=1.0, dropout=0.0):
+def student_cnn(num_classes=10, in_channels=1, image_size=28, width=1.0, dropout=0.0, channels=None):
     """A small CNN; ``width`` scales every layer (width=1: 8-16-32 channels, 64 hidden)."""
-    return ConvNet(_scaled((8, 16, 32), width), max(1, round(64 * width)), num_classes,
+    return ConvNet(tuple(channels or _scaled((8, 16, 32), width)), max(1, round(64 * width)), num_classes,
                    in_channels, image_size, dropout)
 
 
