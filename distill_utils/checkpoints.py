@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load, save as st_save
 from . import __version__
 from ._io import atomic_write_bytes, atomic_write_json
 from .models import MODELS, build_model, model_spec
+from .sparse import pack, resolve_masks, unpack
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint",
            "load_pretrained", "PRETRAINED"]
@@ -53,12 +54,14 @@ def _versions() -> dict:
     return versions
 
 
-def save_checkpoint(model, path, metadata=None) -> Path:
+def save_checkpoint(model, path, metadata=None, sparse: bool = False) -> Path:
     """Save ``model`` to ``path`` (a ``.safetensors`` file) and a manifest beside it (notebook 01).
 
     ``metadata`` is your own JSON-serialisable dict (dataset, metrics, seed, ...). The model
     must come from ``build_model`` so the manifest can record how to rebuild it. Both files
-    are written atomically, weights first. Returns the weights path.
+    are written atomically, weights first. Pruning masks are folded into the weights;
+    ``sparse=True`` stores mostly-zero tensors as values + bitmask (notebook 05). Returns the
+    weights path.
     """
     if Path(path).suffix != ".safetensors":
         raise CheckpointError(f"{path}: a checkpoint path must end in .safetensors (e.g. 'teacher.safetensors')")
@@ -75,14 +78,16 @@ def save_checkpoint(model, path, metadata=None) -> Path:
             raise CheckpointError(f"cannot save {weights}: metadata[{key!r}] is not JSON-serialisable "
                                   f"({err}); convert it first, e.g. float(x) or x.tolist()") from None
     # clone() gives each tensor its own storage, so shared (tied) tensors save without error
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    state = resolve_masks(model.state_dict(), model.state_dict())
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    tensors, sparse_shapes = pack(tensors) if sparse else (tensors, {})
     data = st_save(tensors)
     atomic_write_bytes(weights, data)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "weights": weights.name,
                 "architecture": {"name": spec["name"], "kwargs": spec["kwargs"]},
                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "versions": _versions(), "metadata": metadata}
+                "versions": _versions(), "sparse": sparse_shapes, "metadata": metadata}
     atomic_write_json(manifest_path, manifest)
     return weights
 
@@ -150,7 +155,7 @@ def load_checkpoint(path, map_location="cpu", *, expected_sha256=None):
     """
     data, manifest, weights = _read_verified(path, expected_sha256)
     try:
-        state = st_load(data)
+        state = unpack(st_load(data), manifest.get("sparse") or {})
     except Exception as err:  # safetensors raises its own error types for malformed headers
         raise CheckpointError(f"{weights} is not a valid safetensors file ({err}); it may be a pickle "
                               "(torch.save) file renamed, which is never unpickled here. Re-save it "

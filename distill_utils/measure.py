@@ -17,19 +17,9 @@ from safetensors.torch import save as _safetensors_save
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .sparse import pack, resolve_masks
+
 __all__ = ["count_params", "count_nonzero", "count_flops", "latency_ms", "size_on_disk", "summary"]
-
-
-def _effective(tensors: dict, masks: dict) -> dict:
-    """Map ``x_orig`` (with a ``x_mask`` in ``masks``) to ``x = x_orig * x_mask``; drop masks."""
-    out = {}
-    for name, t in tensors.items():
-        base = name[:-5]
-        if name.endswith("_orig") and base + "_mask" in masks:
-            out[base] = t * masks[base + "_mask"]
-        elif not (name.endswith("_mask") and base + "_orig" in tensors):
-            out[name] = t
-    return out
 
 
 def count_params(model: nn.Module) -> int:
@@ -40,7 +30,7 @@ def count_params(model: nn.Module) -> int:
 def count_nonzero(model: nn.Module) -> int:
     """Non-zero parameter entries, counting a pruned weight as ``orig * mask`` (notebook 01, 05)."""
     with torch.no_grad():
-        params = _effective(dict(model.named_parameters()), dict(model.named_buffers()))
+        params = resolve_masks(dict(model.named_parameters()), dict(model.named_buffers()))
         return sum(int(torch.count_nonzero(p)) for p in params.values())
 
 
@@ -118,19 +108,21 @@ def latency_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 30,
 
 
 def size_on_disk(model: nn.Module) -> dict:
-    """Bytes of the state dict as safetensors, raw and zlib-compressed (level 9) (notebooks 01, 05, 06).
+    """Bytes of the state dict as safetensors: raw, zlib-compressed (level 9), and with
+    mostly-zero tensors stored sparsely (``save_checkpoint(..., sparse=True)``) (notebooks 01, 05, 06).
 
     Pruning masks are resolved first, so a masked model stores exactly as many raw bytes
-    as the dense one; only the compressed size shows the zeros. Tied tensors are stored once.
+    as the dense one; only the compressed and sparse sizes show the zeros. Tied tensors are stored once.
     """
     state, tensors, seen = model.state_dict(), {}, set()
-    for name, t in _effective(state, state).items():
+    for name, t in resolve_masks(state, state).items():
         # tied weights appear under two names, and safetensors refuses shared memory: keep one
         if isinstance(t, torch.Tensor) and (key := (t.data_ptr() or id(t), t.dtype, t.shape, t.stride())) not in seen:
             seen.add(key)
             tensors[name] = t.detach().to("cpu").contiguous().clone()
     raw = _safetensors_save(tensors)
-    return {"bytes": len(raw), "compressed_bytes": len(zlib.compress(raw, 9))}
+    return {"bytes": len(raw), "compressed_bytes": len(zlib.compress(raw, 9)),
+            "sparse_bytes": len(_safetensors_save(pack(tensors)[0]))}
 
 
 def summary(model: nn.Module, example_input: torch.Tensor, repeats: int = 30,

@@ -115,13 +115,16 @@ def test_size_on_disk_masks_resolved_and_sparsity_compresses():
     d, s = size_on_disk(dense), size_on_disk(sparse)
     assert s["bytes"] == d["bytes"]  # masks change values, not dense storage
     assert s["compressed_bytes"] < 0.5 * d["compressed_bytes"]
+    assert d["sparse_bytes"] == d["bytes"]  # nothing sparse to pack in a dense model
+    # the big layer (27,040 weights, 90% zeros) is stored as 2,704 float values + 3,380 mask bytes
+    assert s["sparse_bytes"] < d["bytes"] - 27_040 * 4 + 2_704 * 4 + 3_380 + 1_000
     assert count_nonzero(sparse) == count_nonzero(dense) - (36 * 9 // 10 + 27040 * 9 // 10)
 
 
 def test_summary_keys_and_plain_types():
     row = summary(build_model("student_mlp"), torch.zeros(1, 1, 28, 28), repeats=2, threads=1)
     assert list(row) == ["params", "nonzero", "flops", "latency_ms", "latency_iqr_ms",
-                         "threads", "batch_size", "bytes", "compressed_bytes"]
+                         "threads", "batch_size", "bytes", "compressed_bytes", "sparse_bytes"]
     for key, value in row.items():
         assert type(value) is (float if key.startswith("latency") else int), key
     assert row["params"] == 784 * 128 + 128 + 128 * 10 + 10 == row["nonzero"]
