@@ -39,6 +39,7 @@ pretrained: data
 bench: data
 	$(PY) bench/train_speed.py
 	$(PY) bench/kd_speed.py
+	$(PY) bench/prune_speed.py
 
 clean:
 	rm -rf runs/ .pytest_cache
