@@ -109,7 +109,7 @@ FEATURE_LOSSES = ("hint", "attention")
 
 
 @torch.no_grad()  # not inference_mode: these tensors become loss targets that autograd saves
-def teacher_outputs(teacher, split, layer: int | None = None, batch_size: int = 1024, device=None):
+def teacher_outputs(teacher, split, layer: int | None = None, batch_size: int = 256, device=None):
     """The teacher's logits (N, classes) for every example of ``split`` in order, and, when
     ``layer`` is given, its feature map of that block; both on ``device`` (notebook 03)."""
     teacher.eval()
