@@ -149,10 +149,11 @@ def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float 
     layer = teacher_layer if feature else None
     params, feat_loss = list(student.parameters()), None
     if feature:
-        x = train_split.x[:2].to(device)
-        with torch.no_grad():
-            s_feat = student.to(device)(x, return_features=True)[1][student_layer]
+        x, was_training = train_split.x[:2].to(device), student.training
+        with torch.no_grad():  # eval mode: probing shapes must not touch BatchNorm statistics
+            s_feat = student.to(device).eval()(x, return_features=True)[1][student_layer]
             t_feat = teacher(x, return_features=True)[1][teacher_layer]
+        student.train(was_training)
         if feature == "hint":
             feat_loss = HintLoss(s_feat.shape[1], t_feat.shape[1], spatial=s_feat.dim() == 4).to(device)
             params += list(feat_loss.parameters())

@@ -196,3 +196,19 @@ def test_distill_rejects_unknown_names():
     mlp = build_model("student_mlp")
     with pytest.raises(ValueError, match="attention transfer needs feature maps"):
         distill(mlp, teacher, data, feature="attention", progress=False, device="cpu")
+
+
+def test_feature_probe_leaves_batchnorm_statistics_alone():
+    data = tiny_dataset(32)
+    teacher, student = make_pair()
+    before = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
+    distill(student, teacher, data, epochs=1, feature="hint", student_layer=1, teacher_layer=1,
+            batch_size=32, progress=False, device="cpu", lr=1e-12)  # lr ~ 0: only BN statistics change
+    one_batch = build_model("student_cnn", width=0.5)
+    one_batch.load_state_dict({**student.state_dict(), **before})
+    one_batch.train()
+    with torch.no_grad():
+        x, _ = next(data.train.batches(32, shuffle=True, seed=0 * 100_003))
+        one_batch(x)  # the single training batch updates the statistics exactly once
+    for k in before:
+        torch.testing.assert_close(student.state_dict()[k], one_batch.state_dict()[k])
