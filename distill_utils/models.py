@@ -10,7 +10,6 @@ for feature distillation (notebook 04).
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 __all__ = ["ConvNet", "MLP", "build_model", "MODELS", "model_spec"]

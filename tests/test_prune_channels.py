@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from distill_utils.checkpoints import load_checkpoint, save_checkpoint
 from distill_utils.measure import count_params
