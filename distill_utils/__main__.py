@@ -1,10 +1,11 @@
-"""Command line: ``python -m distill_utils data | run | pretrained`` (used by the Makefile)."""
+"""Command line: ``python -m distill_utils data | run | sweep | report | pretrained`` (used by the Makefile)."""
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
 import sys
+import time
 
 import yaml
 
@@ -29,12 +30,59 @@ def _parameters(args) -> dict:
     return params
 
 
+def _final_table(out) -> None:
+    from .experiments import collect
+    df = collect(out)
+    print(df[["notebook", "status", "wall_s", "main_metric"]].to_string(index=False))
+    final = df[(df.notebook == "07_prune_and_distill") & (df.status == "ok")]
+    if len(final) and "metric.final_table" in final:
+        import pandas as pd
+        print("\nfinal comparison:\n" + pd.DataFrame(json.loads(final["metric.final_table"].iloc[0])).to_string(index=False))
+
+
 def cmd_run(args) -> int:
-    from .experiments import load_metrics, run_sequence
-    out = run_sequence(args.notebooks, args.out, _parameters(args))
-    print(f"\nresults in {out}")
-    for name, metrics in load_metrics(out).items():
-        print(f"  {name}: {json.dumps(metrics)}")
+    from .experiments import run_sequence
+    from .report import write_report
+    start = time.perf_counter()
+    try:
+        out = run_sequence(args.notebooks, args.out, _parameters(args), strict=[k for k, _ in args.param or []])
+    except ValueError as err:  # an unknown parameter name
+        print(f"FAIL: {err}", file=sys.stderr)
+        return 2
+    html, _ = write_report(out)
+    print(f"\nfinished in {time.perf_counter() - start:.0f} s; results in {out}\nreport: {html}\n")
+    _final_table(out)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .report import write_report
+    from .sweeps import sweep
+    grid = {}
+    for f in args.grid or []:
+        grid.update(yaml.safe_load(open(f)) or {})
+    for name, *values in args.param or []:
+        grid[name] = [yaml.safe_load(v) for v in values]
+    try:
+        df = sweep(args.notebook, grid, _parameters(argparse.Namespace(file=args.file, param=None)), args.seeds,
+                   args.out, args.workers, args.scheduler)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"FAIL: {err}", file=sys.stderr)
+        return 2
+    failed = int((df.status != "ok").sum())
+    html, _ = write_report(df.attrs["out"])
+    print(f"{len(df) - failed} runs ok, {failed} failed; report: {html}")
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    try:
+        html, md = write_report(args.path)
+    except FileNotFoundError as err:
+        print(f"FAIL: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {html} and {md}")
     return 0
 
 
@@ -67,6 +115,20 @@ def main(argv=None) -> int:
     p.add_argument("-f", "--file", action="append", help="YAML parameter file (as in papermill)")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"))
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("sweep", help="run one notebook over a grid of parameters and seeds")
+    p.add_argument("notebook", help="name, number prefix or path of the notebook")
+    p.add_argument("-f", "--file", action="append", help="YAML file of fixed parameters (as in papermill)")
+    p.add_argument("-p", "--param", nargs="+", action="append", metavar="NAME VALUE",
+                   help="a swept parameter and its values, e.g. -p T 1 2 4 8")
+    p.add_argument("--grid", action="append", help="YAML file of {name: [values]} to sweep")
+    p.add_argument("--seeds", nargs="+", type=int, help="run every grid point once per seed")
+    p.add_argument("--workers", type=int, default=2, help="runs at once on this machine (default 2)")
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port) instead of local workers")
+    p.add_argument("--out", help="sweep folder (default runs/sweep-<notebook>); re-running skips finished runs")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("report", help="write report.html and report.md for a folder of runs")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("pretrained", help="retrain the shipped teacher with params/full.yaml")
     p.set_defaults(func=cmd_pretrained)
     args = parser.parse_args(argv)

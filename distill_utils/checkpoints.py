@@ -29,6 +29,8 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_chec
 FORMAT, FORMAT_VERSION = "distill-lab-checkpoint", 1
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "data" / "pretrained"
 # Shipped pretrained weights: name -> expected SHA-256 of the .safetensors file (None: not pinned).
+# Every checkpoint this process read or wrote, in order: run records list the hashes (experiments.py).
+ACCESS_LOG: list[dict] = []
 PRETRAINED = {"teacher_fashion_mnist": "42e3a747f6318f23c8d609e852d6a486d3cce6961d585902c917eeefce4836ca"}
 
 
@@ -89,6 +91,7 @@ def save_checkpoint(model, path, metadata=None, sparse: bool = False) -> Path:
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "versions": _versions(), "sparse": sparse_shapes, "metadata": metadata}
     atomic_write_json(manifest_path, manifest)
+    ACCESS_LOG.append({"op": "write", "path": str(weights.resolve()), "sha256": manifest["sha256"]})
     return weights
 
 
@@ -174,6 +177,7 @@ def load_checkpoint(path, map_location="cpu", *, expected_sha256=None):
         raise CheckpointError(f"{weights}: the weights do not fit {name}({kwargs}): {diff}. "
                               "The manifest's architecture does not match the weights; re-save the checkpoint")
     model.load_state_dict(state, strict=True)
+    ACCESS_LOG.append({"op": "read", "path": str(weights.resolve()), "sha256": manifest["sha256"]})
     return model.to(map_location).eval(), manifest
 
 

@@ -1,41 +1,202 @@
 import json
+import time
+from pathlib import Path
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from distill_utils import __main__ as cli
-from distill_utils.experiments import load_metrics, resolve_notebooks, run_sequence, save_metrics
+from distill_utils.checkpoints import ACCESS_LOG
+from distill_utils.experiments import (NOTEBOOKS, SEQUENCE, collect, read_record, record_path,
+                                       resolve_notebooks, run_sequence, start_run)
+from distill_utils.params import ParameterError, validate
+from distill_utils.report import summarise_sweep, swept_parameters, write_report
+from distill_utils.sweeps import expand_grid, run_name, sweep
 
 
-def test_metrics_round_trip(tmp_path):
-    save_metrics(tmp_path, "01_teacher_training.ipynb", {"test_acc": 0.9, "params": 3})
-    assert load_metrics(tmp_path) == {"01_teacher_training": {"test_acc": 0.9, "params": 3}}
-    assert not list(tmp_path.glob("*.tmp"))
+def namespace(**values):
+    """What a notebook's globals look like after its parameters cell: annotations + values."""
+    return {"__annotations__": {k: type(v) for k, v in values.items()}, **values}
+
+
+@pytest.mark.parametrize("name, value, kind, message", [
+    ("epochs", -1, int, "epochs = -1 must be >= 1"),
+    ("alpha", 2, float, "alpha = 2 must be >= 0 and <= 1 (the weight of the distillation term)"),
+    ("loss", "kld", str, "loss = 'kld' must be one of dkd, kd"),
+    ("criterion", "l3", str, "criterion = 'l3' must be one of bn, l1, l2, random"),
+    ("dataset", "fashion", str, "dataset = 'fashion' must be one of cifar10, fashion_mnist, mnist"),
+    ("target", 1.5, float, "target = 1.5 must be >= 0 and < 1"),
+    ("sparsities", [0.5, 1.5], list, "sparsities = [0.5, 1.5] item 1 (1.5) must be >= 0 and < 1"),
+    ("T", 0.0, float, "T = 0.0 must be > 0 (the temperature)"),
+    ("epochs", "three", int, "epochs = 'three' must be int, got str"),
+    ("epochs", 2.5, int, "epochs = 2.5 must be int, got float"),
+    ("augment", 1, bool, "augment = 1 must be bool, got int"),
+])
+def test_bad_parameter_names_value_and_rule(name, value, kind, message):
+    ns = {"__annotations__": {name: kind, "out_dir": str}, name: value, "out_dir": "."}
+    with pytest.raises(ParameterError) as err:
+        validate(ns)
+    assert message in str(err.value) and "papermill" in str(err.value)
+
+
+def test_validate_accepts_good_values_and_reports_all_problems():
+    ns = namespace(epochs=3, T=4.0, alpha=0.9, dataset="fashion_mnist", criterion="l1")
+    ns["T"] = 4  # papermill -p T 4 passes an int to a float parameter
+    params = validate(ns)
+    assert params == {"epochs": 3, "T": 4.0, "alpha": 0.9, "dataset": "fashion_mnist", "criterion": "l1"}
+    assert isinstance(params["T"], float)
+    ns = {**namespace(epochs=0, alpha=-1.0), "alhpa": 0.5, "torch": pytest}  # modules are not parameters
+    with pytest.raises(ParameterError) as err:
+        validate(ns)
+    text = str(err.value)
+    assert "epochs = 0" in text and "alpha = -1.0" in text
+    assert "alhpa = 0.5 is not a parameter of this notebook; its parameters are: epochs, alpha" in text
+    with pytest.raises(ParameterError, match="no parameters found"):
+        validate({})
+
+
+def test_every_notebook_validates_right_after_parameters_and_finishes_a_record():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        cells = [c for c in nbformat.read(path, 4).cells if c.cell_type == "code"]
+        i = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+        assert f'start_run("{path.stem}", globals())' in cells[i + 1].source, path.name
+        assert any("run.finish(" in c.source for c in cells[i + 2:]), path.name
+        for line in cells[i].source.splitlines():  # typed, commented literals
+            assert ": " in line.split("=")[0] and "  # " in line, f"{path.name}: {line}"
+
+
+def test_papermill_surfaces_a_bad_parameter(tmp_path):
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(NOTEBOOKS / "03_knowledge_distillation.ipynb"), str(tmp_path / "03.ipynb"),
+                            parameters={"alpha": 2.0, "out_dir": str(tmp_path)}, cwd=str(NOTEBOOKS), progress_bar=False)
+    assert err.value.ename == "ParameterError" and "alpha = 2.0 must be >= 0 and <= 1" in err.value.evalue
+    assert "ParameterError" in (tmp_path / "03.ipynb").read_text()  # the executed copy keeps the error
 
 
 def test_resolve_by_number_prefix():
     assert [p.name for p in resolve_notebooks(["01", "00"])] == ["01_teacher_training.ipynb", "00_setup.ipynb"]
-    try:
+    assert [p.name for p in resolve_notebooks()] == list(SEQUENCE)
+    with pytest.raises(FileNotFoundError, match="no notebook matches '99'.*00_setup.ipynb"):
         resolve_notebooks(["99"])
-    except FileNotFoundError as err:
-        assert "no notebook matches '99'" in str(err) and "00_setup.ipynb" in str(err)
-    else:
-        raise AssertionError("an unknown notebook must raise")
 
 
-def test_run_sequence_passes_declared_parameters_only(tmp_path):
+def tiny_notebook(folder: Path) -> Path:
+    """A notebook with a record, a checkpoint, and a failure when x == fail_on (unless 'allow' exists)."""
     nb = new_notebook(cells=[
-        new_code_cell("x: int = 1  # a number\nout_dir: str = '.'", metadata={"tags": ["parameters"]}),
-        new_code_cell("from distill_utils.experiments import save_metrics\n"
-                      "save_metrics(out_dir, 'tiny', {'x': x})"),
+        new_code_cell("x: int = 1  # a number\nfail_on: int = -1  # fail when x equals this\n"
+                      "seed: int = 0  # a seed\nout_dir: str = '.'  # where the record goes",
+                      metadata={"tags": ["parameters"]}),
+        new_code_cell("from distill_utils.experiments import start_run\nrun = start_run('tiny', globals())"),
+        new_code_cell("from pathlib import Path\n"
+                      "from distill_utils.models import build_model\n"
+                      "from distill_utils.checkpoints import save_checkpoint\n"
+                      "with open(Path(out_dir).parent / 'executions.log', 'a') as f:\n"
+                      "    f.write(Path(out_dir).name + '\\n')\n"
+                      "if x == fail_on and not (Path(out_dir).parent / 'allow').exists():\n"
+                      "    raise RuntimeError('forced failure')\n"
+                      "save_checkpoint(build_model('student_mlp', width=0.05), Path(out_dir) / 'model.safetensors')"),
+        new_code_cell("run.finish({'y': x * 10 + seed, 'nested': {'z': x}}, main='y')"),
     ])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = tmp_path / "tiny.ipynb"
+    path = folder / "tiny.ipynb"
     nbformat.write(nb, path)
-    out = run_sequence([str(path)], tmp_path / "out", {"x": 5, "not_declared": 1}, progress=False)
-    assert load_metrics(out) == {"tiny": {"x": 5}}
-    executed = json.loads((out / "tiny.ipynb").read_text())
-    assert "not_declared" not in "".join("".join(c["source"]) for c in executed["cells"])
+    return path
+
+
+def test_record_in_process(tmp_path):
+    ACCESS_LOG.clear()
+    run = start_run("tiny", {**namespace(seed=3, out_dir=str(tmp_path))})
+    assert read_record(record_path(tmp_path, "tiny"))["status"] == "running"
+    time.sleep(0.01)
+    path = run.finish({"acc": 0.9})
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok" and record["metrics"] == {"acc": 0.9} and record["main_metric"] == "acc"
+    assert record["seed"] == 3 and record["parameters"]["out_dir"] == str(tmp_path)
+    assert {"python", "torch", "distill_utils"} <= set(record["versions"]) and record["wall_s"] >= 0
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_run_sequence_records_and_marks_failures(tmp_path):
+    nb = tiny_notebook(tmp_path)
+    out = run_sequence([str(nb)], tmp_path / "ok", {"x": 5, "not_declared": 1}, progress=False)
+    record = read_record(record_path(out, "tiny"))
+    assert record["status"] == "ok" and record["metrics"] == {"y": 50, "nested": {"z": 5}}
+    written = record["checkpoints"]["written"]
+    import hashlib
+    assert written[0]["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert "not_declared" not in (out / "tiny.ipynb").read_text()
+    with pytest.raises(ValueError, match="no notebook in this run has a parameter named typo"):
+        run_sequence([str(nb)], tmp_path / "typo", {"typo": 1}, progress=False, strict=["typo"])
+    with pytest.raises(Exception):
+        run_sequence([str(nb)], tmp_path / "bad", {"x": 2, "fail_on": 2}, progress=False)
+    failed = read_record(record_path(tmp_path / "bad", "tiny"))
+    assert failed["status"] == "failed" and "forced failure" in failed["error"]
+    assert "forced failure" in (tmp_path / "bad" / "tiny.ipynb").read_text()
+
+
+def test_grid_and_names():
+    points = expand_grid({"T": [1, 4], "alpha": [0.5]}, seeds=[0, 1])
+    assert points == [{"T": 1, "alpha": 0.5, "seed": 0}, {"T": 1, "alpha": 0.5, "seed": 1},
+                      {"T": 4, "alpha": 0.5, "seed": 0}, {"T": 4, "alpha": 0.5, "seed": 1}]
+    assert run_name(points[0]) == "T=1_alpha=0.5_seed=0"
+    assert run_name({"path": "a/b c"}) == "path=a-b-c"
+    with pytest.raises(ValueError, match="'T' has no values"):
+        expand_grid({"T": []})
+
+
+def check_sweep(df, out, executions_before):
+    assert len(df) == 4 and sorted(df.status) == ["failed", "ok", "ok", "ok"]
+    bad = df[df.status == "failed"].iloc[0]
+    assert bad.run == "x=2_seed=0" and "forced failure" in bad.error
+    ok = df[df.status == "ok"].set_index("run")
+    assert ok.loc["x=1_seed=1", "metric.y"] == 11 and ok.loc["x=2_seed=1", "metric.nested.z"] == 2
+    runs = (out / "executions.log").read_text().split()
+    assert len(runs) == executions_before + 4
+
+
+def test_sweep_with_a_failure_then_retry_and_report(tmp_path):
+    nb = tiny_notebook(tmp_path)
+    out = tmp_path / "sweep"
+    df = sweep(nb, {"x": [1, 2]}, {"fail_on": 2}, seeds=[0, 1], out=out, workers=2, progress=False)
+    check_sweep(df, out, 0)
+    (out / "allow").touch()
+    df = sweep(nb, {"x": [1, 2]}, {"fail_on": 2}, seeds=[0, 1], out=out, workers=2, progress=False)
+    assert (df.status == "ok").all()
+    assert (out / "executions.log").read_text().split()[4:] == ["x=2_seed=0"]  # only the failed run again
+    assert swept_parameters(df) == ["x"]
+    table = summarise_sweep(df, "y")
+    assert table.to_dict("list") == {"x": [1, 2], "mean": [10.5, 20.5], "std": pytest.approx([0.7071] * 2, abs=1e-4),
+                                     "count": [2, 2]}
+    html, md = write_report(out)
+    assert "<img" in html.read_text() and "Sweep of tiny: y" in md.read_text() and "| 1 | 10.5000" in md.read_text()
+
+
+def test_sweep_rejects_unknown_parameter(tmp_path):
+    with pytest.raises(ValueError, match="has no parameter 'alhpa'; its parameters are: x, fail_on, seed, out_dir"):
+        sweep(tiny_notebook(tmp_path), {"alhpa": [1]}, out=tmp_path / "s", progress=False)
+
+
+def test_sweep_on_a_dask_local_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    nb = tiny_notebook(tmp_path)
+    out = tmp_path / "dask"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        df = sweep(nb, {"x": [1, 2]}, {"fail_on": 2}, seeds=[0, 1], out=out, scheduler=client, progress=False)
+    check_sweep(df, out, 0)
+
+
+def test_cli_sweep_and_report(tmp_path, capsys):
+    nb = tiny_notebook(tmp_path)
+    out = tmp_path / "cli"
+    assert cli.main(["sweep", str(nb), "-p", "x", "1", "3", "--seeds", "0", "--workers", "1", "--out", str(out)]) == 0
+    assert "2 runs ok, 0 failed" in capsys.readouterr().out and (out / "report.html").exists()
+    assert sorted(collect(out).run) == ["x=1_seed=0", "x=3_seed=0"]
+    assert cli.main(["sweep", str(nb), "-p", "nope", "1", "--out", str(out)]) == 2
+    assert "has no parameter 'nope'" in capsys.readouterr().err
+    assert cli.main(["report", str(tmp_path / "empty")]) == 1
 
 
 def test_cli_data_reports_missing_dataset(tmp_path, no_debian, capsys):

@@ -3,7 +3,7 @@ import torch
 
 from distill_utils.data import Dataset, Split
 from distill_utils.models import MODELS, build_model, model_spec
-from distill_utils.train import choose_device, evaluate, fit, predict, set_seed
+from distill_utils.train import choose_device, evaluate, fast_layout, fit, predict, set_seed
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -118,3 +118,20 @@ def test_choose_device(monkeypatch):
 def test_fit_handles_very_short_runs(n):
     history = fit(build_model("student_mlp"), tiny_dataset(n).train, epochs=1, batch_size=16, progress=False)
     assert len(history) == 1 and history[0]["train_loss"] > 0
+
+
+def test_fast_layout_changes_layout_not_outputs():
+    model = build_model("student_cnn").eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+        assert fast_layout(model) is model
+        assert model.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_model_trains_after_evaluate():
+    model, data = build_model("student_cnn", width=0.25), tiny_dataset()
+    evaluate(model, data.test)  # changes the layout; parameters must stay normal tensors
+    assert not any(p.is_inference() for p in model.parameters())
+    fit(model, data, epochs=1, progress=False)

@@ -1,0 +1,132 @@
+"""A self-contained HTML report and a Markdown summary of a folder of run records.
+
+``python -m distill_utils report PATH`` (and ``make run``) call ``write_report(PATH)``. For a
+sweep (many runs of one notebook) it shows the headline metric over each swept parameter:
+mean +- std over seeds for one, a heatmap for two. For a tutorial run (one run of each
+notebook) it shows each notebook's status, wall time and headline metric, and notebook 07's
+final comparison table.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from ._io import atomic_write_bytes
+from .experiments import collect
+
+__all__ = ["write_report", "swept_parameters", "summarise_sweep", "plot_sweep"]
+
+_NOT_SWEPT = {"param.out_dir", "param.seed", "param.data_root"}
+
+
+def swept_parameters(df) -> list[str]:
+    """Parameter columns (without ``param.``) whose values differ between runs, seed excluded."""
+    cols = [c for c in df.columns if c.startswith("param.") and c not in _NOT_SWEPT]
+    return [c[len("param."):] for c in cols if df[c].astype(str).nunique() > 1]
+
+
+def summarise_sweep(df, metric: str):
+    """Mean, std and count of ``metric.<metric>`` over seeds, per combination of swept parameters."""
+    ok = df[df.status == "ok"]
+    swept = [f"param.{p}" for p in swept_parameters(df)]
+    column = f"metric.{metric}"
+    if not swept:
+        return ok[[column]].agg(["mean", "std", "count"]).T.reset_index(drop=True)
+    table = ok.groupby(swept)[column].agg(["mean", "std", "count"]).reset_index()
+    return table.rename(columns={c: c[len("param."):] for c in swept})
+
+
+def _figure_html(fig) -> str:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def plot_sweep(table, swept: list[str], metric: str):
+    """A figure of ``summarise_sweep``'s table: a heatmap for two swept parameters, else mean +- std."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    if len(swept) == 2:
+        pivot = table.pivot(index=swept[1], columns=swept[0], values="mean")
+        fig, ax = plt.subplots(figsize=(1.2 * pivot.shape[1] + 2, 0.8 * pivot.shape[0] + 1.5))
+        im = ax.imshow(pivot.values, cmap="viridis")
+        ax.set_xticks(range(pivot.shape[1]), [str(c) for c in pivot.columns])
+        ax.set_yticks(range(pivot.shape[0]), [str(i) for i in pivot.index])
+        ax.set(xlabel=swept[0], ylabel=swept[1], title=f"{metric} (mean over seeds)")
+        for (i, j), v in np.ndenumerate(pivot.values):
+            ax.text(j, i, f"{v:.4f}", ha="center", va="center", color="white", fontsize=8)
+        fig.colorbar(im, ax=ax)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        x = table[swept].astype(str).agg(", ".join, axis=1) if swept else ["all runs"]
+        ax.errorbar(range(len(table)), table["mean"], yerr=table["std"].fillna(0), fmt="o-", capsize=4)
+        ax.set_xticks(range(len(table)), list(x), rotation=20 if len(swept) > 1 else 0)
+        ax.set(xlabel=", ".join(swept), ylabel=metric, title=f"{metric}: mean +- std over seeds")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _md_table(df) -> str:
+    cols = list(df.columns)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_report(path, title: str | None = None) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` into ``path``; return their paths."""
+    import pandas as pd
+    root = Path(path)
+    df = collect(root)
+    if df.empty:
+        raise FileNotFoundError(f"no run records (*.record.json) under {root}; run notebooks with "
+                                "`python -m distill_utils run` or `sweep` first")
+    title = title or f"distill-lab report: {root.name}"
+    html_parts, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}", ""]
+    counts = df.status.value_counts().to_dict()
+    line = f"{len(df)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    html_parts.append(f"<p>{line}</p>"), md.extend([line, ""])
+
+    failed = df[df.status != "ok"][["run", "notebook", "status", "error"]]
+    if len(failed):
+        html_parts += ["<h2>Runs not finished</h2>", failed.to_html(index=False)]
+        md += ["## Runs not finished", "", _md_table(failed), ""]
+
+    for notebook, group in df.groupby("notebook", sort=True):
+        ok = group[group.status == "ok"]
+        metric = next((m for m in ok.main_metric.dropna()), None)
+        if len(group) > 1 and metric and f"metric.{metric}" in group:
+            swept = swept_parameters(group)
+            table = summarise_sweep(group, metric)
+            html_parts += [f"<h2>Sweep of {notebook}: {metric}</h2>", table.to_html(index=False, float_format="%.4f")]
+            md += [f"## Sweep of {notebook}: {metric}", "", _md_table(table), ""]
+            if len(table) > 1:
+                html_parts.append(_figure_html(plot_sweep(table, swept, metric)))
+
+    if df.notebook.nunique() > 1 or len(df) == 1:
+        cols = ["notebook", "status", "wall_s", "main_metric"]
+        overview = df[cols].copy()
+        overview["value"] = [row.get(f"metric.{row['main_metric']}") if isinstance(row["main_metric"], str) else None
+                             for _, row in df.iterrows()]
+        html_parts += ["<h2>Notebooks</h2>", overview.to_html(index=False)]
+        md += ["## Notebooks", "", _md_table(overview), ""]
+    final = df[df.notebook == "07_prune_and_distill"]
+    if len(final) and "metric.final_table" in final:
+        rows = json.loads(final["metric.final_table"].dropna().iloc[0])
+        table = pd.DataFrame(rows)
+        html_parts += ["<h2>Final comparison</h2>", table.to_html(index=False, float_format="%.4f")]
+        md += ["## Final comparison", "", _md_table(table), ""]
+
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    html_path, md_path = root / "report.html", root / "report.md"
+    atomic_write_bytes(html_path, (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                                   f"<style>{style}</style>\n" + "\n".join(html_parts)).encode())
+    atomic_write_bytes(md_path, "\n".join(md).encode())
+    return html_path, md_path

@@ -1,0 +1,169 @@
+"""Parameter sweeps: one notebook over a grid of parameters and seeds (notebook 08).
+
+``sweep(notebook, grid, fixed, seeds, out)`` gives every combination its own folder
+``out/<name>/`` (``T=4_alpha=0.9_seed=0``) holding the parameters it was given, the
+executed notebook and its record. Each run is a separate ``papermill`` process, so a
+failing or killed run fails alone. Re-running the same sweep skips runs whose record is
+``ok`` and retries the others. Executors: a local thread pool driving those processes
+(default), or a Dask distributed cluster (``scheduler="tcp://host:port"``), whose workers
+need this repository and its environment at the same path.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ._io import atomic_write_bytes
+from .experiments import declared_parameters, mark_failed, read_record, record_path, resolve_notebooks
+
+__all__ = ["expand_grid", "run_name", "run_one", "sweep", "threads_per_worker"]
+
+
+def expand_grid(grid: dict, seeds=None) -> list[dict]:
+    """Every combination of ``grid`` (``{name: [values]}``), times each seed, in a stable order."""
+    grid = {k: (v if isinstance(v, list) else [v]) for k, v in (grid or {}).items()}
+    if seeds:
+        grid["seed"] = list(seeds)
+    empty = [k for k, v in grid.items() if not v]
+    if empty:
+        raise ValueError(f"sweep parameter {empty[0]!r} has no values; give at least one")
+    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+
+def run_name(params: dict) -> str:
+    """A folder name for a grid point: ``T=4_alpha=0.9_seed=0`` (unsafe characters become '-')."""
+    return "_".join(re.sub(r"[^A-Za-z0-9.+=-]", "-", f"{k}={v}") for k, v in params.items()) or "default"
+
+
+def threads_per_worker(workers: int) -> int:
+    """CPU threads for each of ``workers`` parallel runs: oversubscribed small models run 10-100x slower."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def run_one(notebook: str, run_dir: str, params: dict, threads: int | None = None, timeout: float | None = None) -> dict:
+    """Execute ``notebook`` with ``params`` into ``run_dir`` in its own papermill process.
+
+    Returns ``{"run", "status", "error"}``; the record in ``run_dir`` says the same. Never raises
+    for a failing notebook, so one bad run cannot stop a sweep."""
+    notebook, run_dir = Path(notebook), Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = {**params, "out_dir": str(run_dir.resolve())}
+    params_file = run_dir / "params.yaml"
+    atomic_write_bytes(params_file, yaml.safe_dump(params, sort_keys=False).encode())
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(run_dir / notebook.name), "-f", str(params_file),
+           "--cwd", str(notebook.parent), "--no-progress-bar", "--log-level", "ERROR"]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        code, output = proc.returncode, proc.stderr + proc.stdout
+    except subprocess.TimeoutExpired:
+        code, output = "timeout", f"the run took longer than {timeout} s and was stopped"
+    record = read_record(record_path(run_dir, notebook.name)) or {}
+    if code == 0 and record.get("status") == "ok":
+        return {"run": run_dir.name, "status": "ok", "error": None}
+    if code == 0:  # the notebook ran but did not finish a record: nothing to collect
+        error = "the notebook ran but never called run.finish(...); its last cell should write the record"
+    elif isinstance(code, int) and code < 0:
+        error = f"killed by signal {-code} (out of memory, or stopped by hand?)"
+    else:
+        error = _last_error(output)
+    mark_failed(run_dir, notebook.name, error, params)
+    return {"run": run_dir.name, "status": "failed", "error": error}
+
+
+def _last_error(output: str) -> str:
+    """The notebook's exception line from papermill's output (falls back to the last line)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b.*:", line):
+            return re.sub(r"\x1b\[[0-9;]*m", "", line)[:2000]
+    return lines[-1][:2000] if lines else "papermill failed without output"
+
+
+def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=None, out=None,
+          workers: int = 2, scheduler: str | None = None, progress: bool = True, timeout: float | None = None):
+    """Run ``notebook`` for every point of ``grid`` x ``seeds`` (``fixed`` for all); return ``collect(out)``.
+
+    Finished runs (record ``ok``) are skipped, failed or interrupted ones re-run. With
+    ``scheduler`` the runs go to that Dask cluster (an address, or a ``distributed.Client``);
+    else ``workers`` run at once here, each with ``cores / workers`` threads."""
+    from tqdm.auto import tqdm
+    from .experiments import REPO, collect
+
+    nb = resolve_notebooks([str(notebook)])[0].resolve()
+    points = expand_grid(grid, seeds)
+    given = set(fixed or {}) | set(points[0])
+    declared = declared_parameters(nb)
+    unknown = sorted(given - set(declared))
+    if unknown:
+        raise ValueError(f"{nb.name} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters are: {', '.join(declared)}")
+    if "out_dir" not in declared:
+        raise ValueError(f"{nb.name} has no out_dir parameter, so its runs cannot keep separate records")
+    out = Path(out or REPO / "runs" / f"sweep-{nb.stem}").resolve()
+    todo, skipped = [], 0
+    for point in points:
+        run_dir = out / run_name(point)
+        if (read_record(record_path(run_dir, nb.name)) or {}).get("status") == "ok":
+            skipped += 1
+        else:
+            todo.append((str(run_dir), {**(fixed or {}), **point}))
+    bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {nb.stem}", disable=not progress)
+    counts = {"done": skipped, "failed": 0}
+
+    def report(result):
+        counts["done" if result["status"] == "ok" else "failed"] += 1
+        bar.update(1)
+        bar.set_postfix(done=counts["done"], failed=counts["failed"], remaining=len(points) - sum(counts.values()))
+        if result["status"] != "ok":
+            bar.write(f"failed: {result['run']}: {result['error']}")
+
+    if scheduler is not None:
+        _run_dask(scheduler, nb, todo, report, timeout)
+    else:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+        threads = threads_per_worker(workers)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = [pool.submit(run_one, str(nb), run_dir, params, threads, timeout) for run_dir, params in todo]
+            for future in as_completed(futures):
+                report(future.result())
+    bar.close()
+    df = collect(out)
+    df.attrs["out"] = str(out)
+    return df
+
+
+def _on_dask_worker(host_threads: dict, notebook, run_dir, params, timeout):
+    """``run_one`` on a Dask worker, with this host's cores shared among the runs it hosts."""
+    from distributed import get_worker
+    host = get_worker().address.rsplit(":", 1)[0]
+    return run_one(notebook, run_dir, params, threads_per_worker(host_threads.get(host, 1)), timeout)
+
+
+def _run_dask(scheduler, nb, todo, report, timeout):
+    from collections import Counter
+    from distributed import Client, as_completed
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    try:
+        host_threads = Counter()
+        for address, n in client.nthreads().items():
+            host_threads[address.rsplit(":", 1)[0]] += n
+        futures = {client.submit(_on_dask_worker, dict(host_threads), str(nb), run_dir, params, timeout, pure=False,
+                                 key=f"distill-run-{Path(run_dir).name}-{os.getpid()}"): run_dir for run_dir, params in todo}
+        for future in as_completed(futures):
+            try:
+                report(future.result())
+            except Exception as err:  # the worker itself died: this run is marked failed, the others go on
+                mark_failed(futures[future], nb.name, f"dask worker lost: {type(err).__name__}: {err}")
+                report({"run": Path(futures[future]).name, "status": "failed", "error": str(err)})
+    finally:
+        if not isinstance(scheduler, Client):
+            client.close()
