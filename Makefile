@@ -18,8 +18,9 @@ $(STAMP): requirements.txt pyproject.toml
 data: $(STAMP)
 	@$(PY) -m distill_utils data $(if $(DOWNLOAD),--download)
 
+# Notebooks 00-07 at workshop size into runs/<timestamp>/, then report.html there. PARAMS=params/full.yaml for full size.
 run: data
-	$(PY) -m distill_utils run
+	$(PY) -m distill_utils run $(if $(PARAMS),-f $(PARAMS))
 
 test: data
 	$(PY) -m pytest tests/ notebooks/ $(NBVAL)

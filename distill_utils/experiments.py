@@ -27,7 +27,7 @@ SEQUENCE = ("00_setup.ipynb", "01_teacher_training.ipynb", "02_soft_targets_and_
             "05_magnitude_pruning.ipynb", "06_channel_pruning.ipynb", "07_prune_and_distill.ipynb")
 RECORD = ".record.json"
 
-__all__ = ["start_run", "Run", "record_path", "read_record", "mark_failed", "collect", "run_sequence",
+__all__ = ["start_run", "Run", "parameters_for", "record_path", "read_record", "mark_failed", "collect", "run_sequence",
            "resolve_notebooks", "declared_parameters", "SEQUENCE"]
 
 
@@ -180,11 +180,22 @@ def declared_parameters(notebook) -> dict:
     return pm.inspect_notebook(str(notebook))
 
 
+def parameters_for(notebook, parameters: dict) -> dict:
+    """The parameters a parameter file gives ``notebook``: the top-level values, then those of a
+    section named after the notebook (``04_feature_distillation:`` or ``"04":``), which win."""
+    stem = Path(notebook).stem
+    own = {k: v for k, v in parameters.items() if not isinstance(v, dict)}
+    for key, section in parameters.items():
+        if isinstance(section, dict) and (key == stem or stem.startswith(f"{key}_")):
+            own.update(section)
+    return own
+
+
 def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, strict=()) -> Path:
     """Execute notebooks in order with papermill into ``out_dir`` (default ``runs/<timestamp>``).
 
-    Each gets ``out_dir`` (absolute) plus those of ``parameters`` it declares (so one
-    parameter file serves every notebook); a name in ``strict`` (those typed with ``-p``) that no
+    Each gets ``out_dir`` (absolute) plus those of ``parameters_for(nb, parameters)`` it declares
+    (so one parameter file serves every notebook); a name in ``strict`` (those typed with ``-p``) that no
     notebook declares is an error, as it is likely a typo. They run with ``notebooks/`` as the working
     directory, like in JupyterLab. Stops at the first failing notebook, whose executed copy
     (with the error) is kept and whose record is marked failed.
@@ -193,18 +204,17 @@ def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, s
 
     paths = resolve_notebooks(notebooks)
     declared = {nb: declared_parameters(nb) for nb in paths}
-    given = {**(parameters or {})}
+    given = parameters or {}
     unknown = sorted(set(strict) - set().union(*declared.values()))
     if unknown:
         raise ValueError(f"no notebook in this run has a parameter named {', '.join(unknown)}; "
                          f"their parameters are: {', '.join(sorted(set().union(*declared.values())))}")
     out = Path(out_dir or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    given["out_dir"] = str(out)
     for nb in paths:
         start = time.perf_counter()
         print(f"running {nb.name} ...", flush=True)
-        mine = {k: v for k, v in given.items() if k in declared[nb]}
+        mine = {k: v for k, v in {**parameters_for(nb, given), "out_dir": str(out)}.items() if k in declared[nb]}
         try:
             pm.execute_notebook(str(nb), str(out / nb.name), cwd=str(nb.parent), parameters=mine,
                                 progress_bar=progress)

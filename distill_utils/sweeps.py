@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from ._io import atomic_write_bytes
-from .experiments import declared_parameters, mark_failed, read_record, record_path, resolve_notebooks
+from .experiments import declared_parameters, mark_failed, parameters_for, read_record, record_path, resolve_notebooks
 
 __all__ = ["expand_grid", "run_name", "run_one", "sweep", "threads_per_worker"]
 
@@ -90,8 +90,10 @@ def _last_error(output: str) -> str:
 
 def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=None, out=None,
           workers: int = 2, scheduler: str | None = None, progress: bool = True, timeout: float | None = None):
-    """Run ``notebook`` for every point of ``grid`` x ``seeds`` (``fixed`` for all); return ``collect(out)``.
+    """Run ``notebook`` for every point of ``grid`` x ``seeds``; return ``collect(out)``.
 
+    ``fixed`` (e.g. a parameter file) applies to every run; names the notebook does not declare are
+    dropped, as in ``run_sequence``, while a swept name it does not declare is an error.
     Finished runs (record ``ok``) are skipped, failed or interrupted ones re-run. With
     ``scheduler`` the runs go to that Dask cluster (an address, or a ``distributed.Client``);
     else ``workers`` run at once here, each with ``cores / workers`` threads."""
@@ -100,14 +102,14 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
 
     nb = resolve_notebooks([str(notebook)])[0].resolve()
     points = expand_grid(grid, seeds)
-    given = set(fixed or {}) | set(points[0])
     declared = declared_parameters(nb)
-    unknown = sorted(given - set(declared))
+    unknown = sorted(set(points[0]) - set(declared))  # a swept name must exist: a typo would sweep nothing
     if unknown:
         raise ValueError(f"{nb.name} has no parameter {', '.join(map(repr, unknown))}; "
                          f"its parameters are: {', '.join(declared)}")
     if "out_dir" not in declared:
         raise ValueError(f"{nb.name} has no out_dir parameter, so its runs cannot keep separate records")
+    fixed = {k: v for k, v in parameters_for(nb, fixed or {}).items() if k in declared}  # files serve many notebooks
     out = Path(out or REPO / "runs" / f"sweep-{nb.stem}").resolve()
     todo, skipped = [], 0
     for point in points:
@@ -115,7 +117,7 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
         if (read_record(record_path(run_dir, nb.name)) or {}).get("status") == "ok":
             skipped += 1
         else:
-            todo.append((str(run_dir), {**(fixed or {}), **point}))
+            todo.append((str(run_dir), {**fixed, **point}))
     bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {nb.stem}", disable=not progress)
     counts = {"done": skipped, "failed": 0}
 
