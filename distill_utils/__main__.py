@@ -1,4 +1,4 @@
-"""Command line: ``python -m distill_utils data | run | sweep | report | pretrained`` (used by the Makefile)."""
+"""Command line: ``python -m distill_utils data | run | sweep | report | lineage | sign | verify | pretrained``."""
 from __future__ import annotations
 
 import argparse
@@ -86,6 +86,30 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_lineage(args) -> int:
+    from .checkpoints import format_lineage, lineage_chain
+    chain = lineage_chain(args.checkpoint)
+    print(format_lineage(chain))
+    return 1 if chain[0]["problem"] else 0
+
+
+def cmd_sign(args) -> int:
+    from .checkpoints import CheckpointError, sign_checkpoint, verify_checkpoint
+    try:
+        if args.command == "sign":
+            manifest = sign_checkpoint(args.checkpoint)
+            print(f"signed {args.checkpoint} (key id {manifest['signature']['key_id']})")
+        else:
+            manifest = verify_checkpoint(args.checkpoint)
+            how = {"signed": "SHA-256 and signature match", "pinned": "SHA-256 matches the hash pinned in the code",
+                   "no key": "SHA-256 matches (no signing key configured)"}
+            print(f"OK: {args.checkpoint}: {how[manifest['verified']]}")
+    except CheckpointError as err:
+        print(f"FAIL: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_pretrained(args) -> int:
     """Train the shipped teacher with params/full.yaml and copy it to data/pretrained/."""
     from .checkpoints import PRETRAINED_DIR, verify_checkpoint
@@ -129,6 +153,14 @@ def main(argv=None) -> int:
     p = sub.add_parser("report", help="write report.html and report.md for a folder of runs")
     p.add_argument("path")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("lineage", help="print the chain of checkpoints a checkpoint came from")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=cmd_lineage)
+    for name, text in (("sign", "sign a checkpoint's manifest with $DISTILL_SIGNING_KEY"),
+                       ("verify", "check a checkpoint's SHA-256 and, with a key configured, its signature")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("checkpoint")
+        p.set_defaults(func=cmd_sign)
     p = sub.add_parser("pretrained", help="retrain the shipped teacher with params/full.yaml")
     p.set_defaults(func=cmd_pretrained)
     args = parser.parse_args(argv)

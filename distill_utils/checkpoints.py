@@ -5,12 +5,19 @@ Taught in notebook 01. A checkpoint is two files side by side::
     teacher.safetensors   the weights (no pickle, so loading never runs code)
     teacher.json          the manifest: how to rebuild the model, SHA-256 of the weights, metadata
 
-``load_checkpoint`` checks the manifest and hash before it parses any weights.
+``load_checkpoint`` checks the manifest and hash before it parses any weights. With a signing
+key configured (``$DISTILL_SIGNING_KEY``, or a file named by ``$DISTILL_SIGNING_KEY_FILE``)
+manifests are signed with HMAC-SHA256 on save and the signature is checked on load: unsigned
+or wrongly signed checkpoints are refused unless ``allow_unverified=True``. The manifest also
+records the model's lineage (``lineage.py``): the checkpoints it came from and the steps since.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
+import hmac
 import json
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,13 +25,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as st_load, save as st_save
 
-from . import __version__
+from . import __version__, lineage
 from ._io import atomic_write_bytes, atomic_write_json
 from .models import MODELS, build_model, model_spec
 from .sparse import pack, resolve_masks, unpack
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint",
-           "load_pretrained", "PRETRAINED"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "sign_checkpoint",
+           "signing_key", "lineage_chain", "format_lineage", "load_pretrained", "PRETRAINED"]
 
 FORMAT, FORMAT_VERSION = "distill-lab-checkpoint", 1
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "data" / "pretrained"
@@ -45,6 +52,56 @@ def _paths(path) -> tuple[Path, Path]:
     return weights, weights.with_suffix(".json")
 
 
+def signing_key(key=None) -> bytes | None:
+    """The HMAC key: ``key`` if given, else ``$DISTILL_SIGNING_KEY``, else the contents of the file
+    named by ``$DISTILL_SIGNING_KEY_FILE``; None when none is configured."""
+    if key is None and os.environ.get("DISTILL_SIGNING_KEY"):
+        key = os.environ["DISTILL_SIGNING_KEY"]
+    elif key is None and os.environ.get("DISTILL_SIGNING_KEY_FILE"):
+        path = Path(os.environ["DISTILL_SIGNING_KEY_FILE"])
+        try:
+            key = path.read_bytes().strip()
+        except OSError as err:
+            raise CheckpointError(f"cannot read the signing key file {path} (DISTILL_SIGNING_KEY_FILE): "
+                                  f"{err.strerror}; fix the path or unset the variable") from None
+    if key is None:
+        return None
+    key = key.encode() if isinstance(key, str) else bytes(key)
+    if len(key) < 16:
+        raise CheckpointError(f"the signing key is {len(key)} bytes; use at least 16 random bytes, e.g. "
+                              "python -c 'import secrets; print(secrets.token_hex(32))'")
+    return key
+
+
+def _signature(manifest: dict, key: bytes) -> dict:
+    body = json.dumps({k: v for k, v in manifest.items() if k != "signature"}, sort_keys=True, separators=(",", ":"))
+    return {"alg": "HMAC-SHA256", "key_id": hashlib.sha256(key).hexdigest()[:16],
+            "value": hmac.new(key, body.encode(), hashlib.sha256).hexdigest()}
+
+
+def _check_signature(manifest: dict, name: str, key, allow_unverified: bool) -> str:
+    """'signed' (valid signature), 'pinned' (a shipped file whose SHA-256 the code pins), 'no key'
+    (none configured), or 'unverified' (allowed by the caller); else raise."""
+    key = signing_key(key)
+    if key is None:
+        return "no key"
+    given = manifest.get("signature")
+    if not given and manifest.get("sha256") in PRETRAINED.values():
+        return "pinned"
+    if not given:
+        problem = (f"{name} is not signed, and a signing key is configured. If you trust where it came from, "
+                   "sign it (python -m distill_utils sign PATH); else do not use it")
+    elif not hmac.compare_digest(str(given.get("value")), _signature(manifest, key)["value"]):
+        problem = (f"the signature of {name} does not match: its manifest or weights changed after signing, or it "
+                   f"was signed with another key (key id {given.get('key_id')}, yours {_signature(manifest, key)['key_id']}). "
+                   "Do not use it unless you can re-check where it came from")
+    else:
+        return "signed"
+    if allow_unverified:
+        return "unverified"
+    raise CheckpointError(problem + " (or load it with allow_unverified=True)")
+
+
 def _versions() -> dict:
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "distill_utils": __version__}
@@ -56,14 +113,15 @@ def _versions() -> dict:
     return versions
 
 
-def save_checkpoint(model, path, metadata=None, sparse: bool = False) -> Path:
+def save_checkpoint(model, path, metadata=None, sparse: bool = False, key=None) -> Path:
     """Save ``model`` to ``path`` (a ``.safetensors`` file) and a manifest beside it (notebook 01).
 
     ``metadata`` is your own JSON-serialisable dict (dataset, metrics, seed, ...). The model
     must come from ``build_model`` so the manifest can record how to rebuild it. Both files
     are written atomically, weights first. Pruning masks are folded into the weights;
-    ``sparse=True`` stores mostly-zero tensors as values + bitmask (notebook 05). Returns the
-    weights path.
+    ``sparse=True`` stores mostly-zero tensors as values + bitmask (notebook 05). The manifest
+    records the model's lineage and, with a signing key (``key`` or the environment), an
+    HMAC-SHA256 signature. Returns the weights path.
     """
     if Path(path).suffix != ".safetensors":
         raise CheckpointError(f"{path}: a checkpoint path must end in .safetensors (e.g. 'teacher.safetensors')")
@@ -84,20 +142,28 @@ def save_checkpoint(model, path, metadata=None, sparse: bool = False) -> Path:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     tensors, sparse_shapes = pack(tensors) if sparse else (tensors, {})
     data = st_save(tensors)
-    atomic_write_bytes(weights, data)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "weights": weights.name,
                 "architecture": {"name": spec["name"], "kwargs": spec["kwargs"]},
                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "versions": _versions(), "sparse": sparse_shapes, "metadata": metadata}
-    atomic_write_json(manifest_path, manifest)
+                "versions": _versions(), "sparse": sparse_shapes, "metadata": metadata,
+                "lineage": copy.deepcopy(lineage.get(model))}
+    if (key := signing_key(key)) is not None:
+        manifest["signature"] = _signature(manifest, key)
+    try:
+        atomic_write_bytes(weights, data)
+        atomic_write_json(manifest_path, manifest)
+    except OSError as err:  # disk full, read-only folder, ...: any earlier file of that name is untouched
+        raise CheckpointError(f"cannot save {weights}: {err.strerror or err}. Free some space or choose a "
+                              "writable folder; an existing checkpoint at that path was left as it was") from None
+    lineage.reset(model, manifest["sha256"], str(weights.resolve()))
     ACCESS_LOG.append({"op": "write", "path": str(weights.resolve()), "sha256": manifest["sha256"]})
     return weights
 
 
-def _read_verified(path, expected_sha256=None) -> tuple[bytes, dict, Path]:
+def _read_verified(path, expected_sha256=None, key=None, allow_unverified=False) -> tuple[bytes, dict, Path]:
     """Read the weights once and check them against the manifest (and against
-    ``expected_sha256`` when given): (bytes, manifest, weights path)."""
+    ``expected_sha256`` when given), then the signature: (bytes, manifest, weights path)."""
     weights, manifest_path = _paths(path)
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} not found; check the path "
@@ -129,13 +195,26 @@ def _read_verified(path, expected_sha256=None) -> tuple[bytes, dict, Path]:
     if expected_sha256 is not None and digest != expected_sha256:
         raise CheckpointError(f"{weights} is not the expected file (SHA-256 {digest[:12]}..., expected "
                               f"{expected_sha256[:12]}...); restore it with `git checkout` or `make pretrained`")
+    manifest["verified"] = _check_signature(manifest, weights.name, key, allow_unverified)
     return data, manifest, weights
 
 
-def verify_checkpoint(path) -> dict:
-    """Check a checkpoint's weights against its manifest's SHA-256 without building the model;
-    return the manifest (notebook 01)."""
-    return _read_verified(path)[1]
+def verify_checkpoint(path, key=None, allow_unverified=False) -> dict:
+    """Check a checkpoint's weights against its manifest's SHA-256 (and its signature when a key
+    is configured) without building the model; return the manifest, whose ``verified`` says
+    how far it was checked (notebook 01)."""
+    return _read_verified(path, key=key, allow_unverified=allow_unverified)[1]
+
+
+def sign_checkpoint(path, key=None) -> dict:
+    """Sign an existing checkpoint's manifest with the configured key, after checking its hash."""
+    if (key := signing_key(key)) is None:
+        raise CheckpointError("no signing key: set DISTILL_SIGNING_KEY (or DISTILL_SIGNING_KEY_FILE) first")
+    _, manifest, weights = _read_verified(path, allow_unverified=True)
+    manifest.pop("verified")
+    manifest["signature"] = _signature(manifest, key)
+    atomic_write_json(weights.with_suffix(".json"), manifest)
+    return manifest
 
 
 def _state_dict_diff(expected: dict, loaded: dict, limit: int = 3) -> str:
@@ -149,14 +228,15 @@ def _state_dict_diff(expected: dict, loaded: dict, limit: int = 3) -> str:
     return "; ".join(parts)
 
 
-def load_checkpoint(path, map_location="cpu", *, expected_sha256=None):
+def load_checkpoint(path, map_location="cpu", *, expected_sha256=None, key=None, allow_unverified=False):
     """Load a checkpoint saved by ``save_checkpoint``: returns ``(model, manifest)``, model in eval mode.
 
     ``path`` may be the ``.safetensors`` or the ``.json`` file. The hash is checked before the
     weights are parsed, and nothing is ever unpickled (notebook 01). ``expected_sha256``
-    optionally pins the exact weights file.
+    optionally pins the exact weights file. With a signing key configured the signature must
+    match (``allow_unverified=True`` accepts an unsigned or wrongly signed file anyway).
     """
-    data, manifest, weights = _read_verified(path, expected_sha256)
+    data, manifest, weights = _read_verified(path, expected_sha256, key, allow_unverified)
     try:
         state = unpack(st_load(data), manifest.get("sparse") or {})
     except Exception as err:  # safetensors raises its own error types for malformed headers
@@ -177,6 +257,7 @@ def load_checkpoint(path, map_location="cpu", *, expected_sha256=None):
         raise CheckpointError(f"{weights}: the weights do not fit {name}({kwargs}): {diff}. "
                               "The manifest's architecture does not match the weights; re-save the checkpoint")
     model.load_state_dict(state, strict=True)
+    lineage.reset(model, manifest["sha256"], str(weights.resolve()))
     ACCESS_LOG.append({"op": "read", "path": str(weights.resolve()), "sha256": manifest["sha256"]})
     return model.to(map_location).eval(), manifest
 
@@ -184,8 +265,9 @@ def load_checkpoint(path, map_location="cpu", *, expected_sha256=None):
 def load_pretrained(name: str = "teacher_fashion_mnist", root=None):
     """Load a shipped pretrained model, ``(model, manifest)``, from ``data/pretrained`` (notebook 01).
 
-    ``root`` overrides the folder. When ``PRETRAINED[name]`` pins a SHA-256, the manifest
-    must record that hash, so a swapped pair of files is caught.
+    ``root`` overrides the folder. The SHA-256 pinned in ``PRETRAINED`` is checked on every
+    load, so a swapped or modified file is caught; that pin, in the code, stands in for a
+    signature (no signing key ships with the project), so a configured key does not refuse it.
     """
     if name not in PRETRAINED:
         raise CheckpointError(f"unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}")
@@ -194,4 +276,70 @@ def load_pretrained(name: str = "teacher_fashion_mnist", root=None):
         raise CheckpointError(f"pretrained weights {path} not found; run `make pretrained` to create them, "
                               f"or `git checkout -- data/pretrained/{name}.safetensors "
                               f"data/pretrained/{name}.json`")
-    return load_checkpoint(path, expected_sha256=PRETRAINED[name])
+    return load_checkpoint(path, expected_sha256=PRETRAINED[name], allow_unverified=True)
+
+
+def _find_parent(ref: dict, near: Path) -> Path | None:
+    """The file a lineage reference points to: its recorded path, else the same name beside ``near``."""
+    for candidate in (Path(ref.get("path", "")), near.parent / Path(ref.get("path", "")).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def lineage_chain(path, key=None) -> list[dict]:
+    """The checkpoint at ``path`` and every ancestor its manifests name, depth first: each entry has
+    ``depth``, ``path``, ``sha256``, ``role``, ``created``, ``steps``, ``verified`` and ``problem``."""
+    chain, seen = [], set()
+
+    def visit(file: Path | None, ref: dict, depth: int, role: str):
+        entry = {"depth": depth, "role": role, "path": str(file or ref.get("path")), "sha256": ref.get("sha256"),
+                 "created": None, "steps": [], "verified": None, "problem": None}
+        chain.append(entry)
+        if file is None:
+            entry["problem"] = "file not found"
+            return
+        try:
+            manifest = verify_checkpoint(file, key=key, allow_unverified=True)
+        except CheckpointError as err:
+            entry["problem"] = str(err)
+            return
+        if ref.get("sha256") and manifest["sha256"] != ref["sha256"]:
+            entry["problem"] = f"this file's SHA-256 is {manifest['sha256'][:12]}..., not the recorded one"
+        entry.update(sha256=manifest["sha256"], created=manifest.get("created"), verified=manifest["verified"])
+        record = manifest.get("lineage") or {}
+        entry["steps"] = record.get("steps", [])
+        if manifest["sha256"] in seen:
+            return
+        seen.add(manifest["sha256"])
+        parents = {}  # sha256 -> (reference, roles): a model pruned from its own teacher lists it once
+        refs = [(p, "from") for p in record.get("parents", [])]
+        refs += [(s["teacher"], "teacher") for s in entry["steps"] if isinstance(s.get("teacher"), dict)]
+        for ref_, role_ in refs:
+            parents.setdefault(ref_.get("sha256"), (ref_, []))[1].append(role_)
+        for parent, roles in parents.values():
+            visit(_find_parent(parent, file), parent, depth + 1, " and ".join(dict.fromkeys(roles)))
+
+    visit(Path(path), {}, 0, "checkpoint")
+    return chain
+
+
+def _step_text(step: dict) -> str:
+    params = ", ".join(f"{k}={(v['sha256'][:12] if isinstance(v, dict) else v)}" for k, v in step.items() if k != "op")
+    return f"{step['op']}({params})"
+
+
+def format_lineage(chain: list[dict]) -> str:
+    """``lineage_chain``'s result as indented text (``python -m distill_utils lineage``)."""
+    lines = []
+    for e in chain:
+        pad = "  " * e["depth"]
+        head = "" if e["role"] == "checkpoint" else f"{e['role']}: "
+        sha = (e["sha256"] or "?")[:12]
+        lines.append(f"{pad}{head}{e['path']}  sha256 {sha}  {e['created'] or ''}  "
+                     f"{ {'signed': '[signature ok]', 'pinned': '[pinned in code]', 'unverified': '[unsigned or bad signature]'}.get(e['verified'], '') }".rstrip())
+        if e["problem"]:
+            lines.append(f"{pad}  ! {e['problem']}")
+        steps = " -> ".join(_step_text(s) for s in e["steps"])
+        lines.append(f"{pad}  steps: {steps or '(none recorded)'}")
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lineage
 from .train import choose_device, fit
 
 __all__ = ["kd_loss", "dkd_loss", "HintLoss", "attention_loss", "LOSSES", "distill", "teacher_outputs"]
@@ -178,5 +179,8 @@ def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float 
             total = total + feature_weight * feat_loss(s_maps[student_layer], t_feat)
         return total, s_logits
 
-    return fit(student, data, epochs=epochs, augment=augment, step=step, params=params,
-               device=device, **fit_kwargs)
+    history = fit(student, data, epochs=epochs, augment=augment, step=step, params=params,
+                  device=device, **fit_kwargs)
+    details = dict(op="distill", loss=loss, T=T, alpha=alpha, feature=feature, teacher=lineage.origin(teacher) or "an unsaved model")
+    lineage.get(student)["steps"][-1].update({k: v for k, v in details.items() if v is not None})  # fit noted the training
+    return history

@@ -3,8 +3,8 @@
 ``python -m distill_utils report PATH`` (and ``make run``) call ``write_report(PATH)``. For a
 sweep (many runs of one notebook) it shows the headline metric over each swept parameter:
 mean +- std over seeds for one, a heatmap for two. For a tutorial run (one run of each
-notebook) it shows each notebook's status, wall time and headline metric, and notebook 07's
-final comparison table.
+notebook) it shows each notebook's status, wall time and headline metric, notebook 07's
+final comparison table, and the lineage of every checkpoint the run wrote.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ._io import atomic_write_bytes
-from .experiments import collect
+from .experiments import RECORD, collect, read_record
 
 __all__ = ["write_report", "swept_parameters", "summarise_sweep", "plot_sweep"]
 
@@ -79,6 +79,16 @@ def _md_table(df) -> str:
     return "\n".join(lines)
 
 
+def _lineages(root: Path) -> list[str]:
+    from .checkpoints import format_lineage, lineage_chain
+    texts = []
+    for file in sorted(root.rglob(f"*{RECORD}")):
+        for written in ((read_record(file) or {}).get("checkpoints") or {}).get("written", []):
+            if Path(written["path"]).is_file():
+                texts.append(format_lineage(lineage_chain(written["path"])))
+    return texts
+
+
 def write_report(path, title: str | None = None) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` into ``path``; return their paths."""
     import pandas as pd
@@ -122,6 +132,13 @@ def write_report(path, title: str | None = None) -> tuple[Path, Path]:
         table = pd.DataFrame(rows)
         html_parts += ["<h2>Final comparison</h2>", table.to_html(index=False, float_format="%.4f")]
         md += ["## Final comparison", "", _md_table(table), ""]
+
+    if len(df) == df.notebook.nunique():  # a tutorial run, not a sweep: where each saved model came from
+        texts = _lineages(root)
+        if texts:
+            html_parts.append("<h2>Lineage of the saved models</h2>")
+            html_parts += [f"<pre>{html.escape(t)}</pre>" for t in texts]
+            md += ["## Lineage of the saved models", ""] + [f"```\n{t}\n```\n" for t in texts]
 
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")

@@ -11,9 +11,14 @@ import os
 import random
 import time
 
+import io
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from . import lineage
+from ._io import atomic_write_bytes
 
 __all__ = ["set_seed", "choose_device", "fit", "evaluate", "predict", "cross_entropy_step", "fast_layout"]
 
@@ -109,7 +114,8 @@ def _schedule(name, opt, lr, total_steps):
 def fit(model, data, epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
         optimizer: str = "adamw", weight_decay: float = 5e-4, schedule: str = "onecycle",
         augment: bool = False, label_smoothing: float = 0.0, seed: int = 0, device=None,
-        progress: bool = True, step=None, params=None, channels_last: bool = True, callback=None) -> list[dict]:
+        progress: bool = True, step=None, params=None, channels_last: bool = True, callback=None,
+        state_file=None, resume: bool = False) -> list[dict]:
     """Train ``model`` on ``data`` and return the per-epoch history (notebook 01).
 
     ``data`` is a ``Dataset`` (trains on ``train``, evaluates on ``val`` if it has one, else
@@ -117,6 +123,12 @@ def fit(model, data, epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
     schedule. ``step(model, x, y, index) -> (loss, logits)`` replaces the cross-entropy step;
     ``params`` replaces ``model.parameters()`` (e.g. to add a distillation regressor);
     ``callback(step)`` runs after every optimizer step (1, 2, ...), e.g. to prune gradually.
+
+    ``state_file``: after every epoch, write the whole training state there atomically (model,
+    optimizer, schedule, RNG states, history). With ``resume=True`` an existing state file is
+    continued from its last finished epoch: an interrupted run, resumed, ends with the same
+    weights as an uninterrupted one. A NaN/inf loss stops training with the epoch and batch
+    and leaves the last good state file untouched.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0; got epochs={epochs}, "
@@ -131,10 +143,13 @@ def fit(model, data, epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
         fast_layout(model, device)
     step = step or cross_entropy_step(label_smoothing)
     n_batches = math.ceil(len(train_split) / batch_size)
-    opt = _optimizer(optimizer, list(params) if params is not None else model.parameters(), lr, weight_decay)
+    params = list(params) if params is not None else list(model.parameters())
+    opt = _optimizer(optimizer, params, lr, weight_decay)
     sched = _schedule(schedule, opt, lr, epochs * n_batches)
-    history = []
-    for epoch in range(epochs):
+    config = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer, "schedule": schedule,
+              "seed": seed, "augment": augment, "images": len(train_split), "tensors": [list(p.shape) for p in params]}
+    history = _resume(state_file, config, model, params, opt, sched) if resume and state_file else []
+    for epoch in range(len(history), epochs):
         model.train()
         start, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=True)
@@ -146,9 +161,11 @@ def fit(model, data, epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
             loss_val = loss.item()
             if not math.isfinite(loss_val):
                 bar.close()
+                kept = (f" The last good state (end of epoch {epoch}) is in {state_file}; resume from it "
+                        "with resume=True after the change." if state_file and epoch else "")
                 raise FloatingPointError(
                     f"loss became {loss_val} at epoch {epoch + 1}, batch {i + 1}; training stopped. "
-                    f"Try a lower learning rate (lr={lr}) or, when distilling, a smaller temperature T.")
+                    f"Try a lower learning rate (lr={lr}) or, when distilling, a smaller temperature T.{kept}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -170,4 +187,49 @@ def fit(model, data, epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
         row["seconds"] = time.perf_counter() - start
         bar.close()
         history.append(row)
+        if state_file:
+            _save_state(state_file, config, model, params, opt, sched, history)
+    lineage.note(model, "fit", epochs=epochs, lr=lr, batch_size=batch_size, images=len(train_split),
+                 seed=seed, augment=augment or None)
     return history
+
+
+STATE_FORMAT = "distill-lab-train-state"
+
+
+def _save_state(path, config, model, params, opt, sched, history):
+    state = {"format": STATE_FORMAT, "config": config, "history": history, "model": model.state_dict(),
+             "params": [p.detach() for p in params], "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _resume(path, config, model, params, opt, sched) -> list[dict]:
+    """Load a state file written by ``_save_state`` into the live objects; return its history."""
+    if not os.path.exists(path):
+        return []
+    try:  # weights_only: tensors, numbers, strings and containers only, never arbitrary objects
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot resume from {path}: it is not a readable training state ({err}). "
+                         "Delete it to start over, or pass resume=False") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"cannot resume from {path}: not a training state written by fit(state_file=...)")
+    diff = [f"{k}: {state['config'].get(k)!r} there, {v!r} now" for k, v in config.items() if state["config"].get(k) != v]
+    if diff:
+        raise ValueError(f"cannot resume from {path}: it was written by a different training run ("
+                         + "; ".join(diff) + "). Use the same arguments, another state_file, or delete it")
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"]):  # also trains extra parameters (a hint regressor)
+            p.copy_(saved)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["rng"]["python"]))
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["history"]

@@ -18,6 +18,7 @@ import copy
 import torch
 from torch import nn
 
+from .. import lineage
 from ..models import ConvNet
 
 
@@ -161,5 +162,10 @@ def prune_channels(model: nn.Module, amount: float, criterion="l1", example_inpu
     if min_channels < 1:
         raise ValueError(f"min_channels must be >= 1 so that no layer is emptied; got {min_channels}")
     if isinstance(model, ConvNet):
-        return _prune_convnet(model, amount, _criterion(criterion), scope, min_channels)
-    return _prune_with_torch_pruning(model, amount, criterion, example_input, scope)
+        pruned = _prune_convnet(model, amount, _criterion(criterion), scope, min_channels)
+    else:
+        pruned = _prune_with_torch_pruning(model, amount, criterion, example_input, scope)
+    lineage.inherit(pruned, model)
+    lineage.note(pruned, "prune_channels", amount=amount, scope=scope,
+                 criterion=criterion if isinstance(criterion, str) else type(criterion).__name__)
+    return pruned

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from .. import lineage
+
 LAYER_TYPES = {"conv": nn.Conv2d, "linear": nn.Linear}
 
 
@@ -78,6 +80,7 @@ def prune_magnitude(model: nn.Module, amount: float, scope: str = "layer", layer
             k = max(round(amount * sum(s.numel() for s in scores)), sum(_masked(m) for m in group))
             for m, mask in zip(group, _l1_mask(scores, k)):
                 _apply(m, mask)
+    lineage.note(model, "prune_magnitude", amount=amount, scope=scope)
     return model
 
 
