@@ -131,11 +131,11 @@ def save_checkpoint(model, path, metadata=None, sparse: bool = False, key=None) 
     except ValueError as err:
         raise CheckpointError(f"cannot save {weights}: {err}") from None
     metadata = dict(metadata or {})
-    for key, value in metadata.items():
+    for name, value in metadata.items():
         try:
-            json.dumps({key: value}, allow_nan=True)
+            json.dumps({name: value}, allow_nan=True)
         except (TypeError, ValueError) as err:
-            raise CheckpointError(f"cannot save {weights}: metadata[{key!r}] is not JSON-serialisable "
+            raise CheckpointError(f"cannot save {weights}: metadata[{name!r}] is not JSON-serialisable "
                                   f"({err}); convert it first, e.g. float(x) or x.tolist()") from None
     # clone() gives each tensor its own storage, so shared (tied) tensors save without error
     state = resolve_masks(model.state_dict(), model.state_dict())

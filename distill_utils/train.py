@@ -213,9 +213,9 @@ def _resume(path, config, model, params, opt, sched) -> list[dict]:
         return []
     try:  # weights_only: tensors, numbers, strings and containers only, never arbitrary objects
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot resume from {path}: it is not a readable training state ({err}). "
-                         "Delete it to start over, or pass resume=False") from None
+    except Exception as err:  # torch's own message suggests weights_only=False: never do that here
+        raise ValueError(f"cannot resume from {path}: it is not a readable training state ({type(err).__name__}: "
+                         f"truncated, corrupted or not written by fit). Delete it to start over, or pass resume=False") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"cannot resume from {path}: not a training state written by fit(state_file=...)")
     diff = [f"{k}: {state['config'].get(k)!r} there, {v!r} now" for k, v in config.items() if state["config"].get(k) != v]
