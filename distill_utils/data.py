@@ -10,6 +10,7 @@ slices them, with optional on-tensor augmentation. No per-item DataLoader, no PI
 from __future__ import annotations
 
 import gzip
+import zlib
 import io
 import pickle
 import struct
@@ -141,7 +142,7 @@ def _read(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:  # zlib: a flipped bit inside the stream
         raise DataError(f"cannot read {path}: {err}. The file is damaged or truncated; "
                         "delete it and get the dataset again.") from None
 

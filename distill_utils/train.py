@@ -186,6 +186,10 @@ def fit(model, data, epochs: int = 3, lr: float = 3e-3, batch_size: int = 128,
                             **{eval_name: f"{row[f'{eval_name}_acc']:.4f}"})
         row["seconds"] = time.perf_counter() - start
         bar.close()
+        if not all(torch.isfinite(p).all() for p in params):  # the last update can break weights after the last loss check
+            kept = f" The last good state (end of epoch {epoch}) is in {state_file}." if state_file and epoch else ""
+            raise FloatingPointError(f"weights became NaN/inf during epoch {epoch + 1}; training stopped. Try a lower "
+                                     f"learning rate (lr={lr}) or, when distilling, a smaller temperature T.{kept}")
         history.append(row)
         if state_file:
             _save_state(state_file, config, model, params, opt, sched, history)
