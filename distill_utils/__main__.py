@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -21,12 +22,14 @@ def cmd_data(args) -> int:
     return 0
 
 
-def _parameters(args) -> dict:
+def _files(paths) -> dict:
+    """The merged contents of YAML parameter files."""
     params = {}
-    for f in args.file or []:
-        params.update(yaml.safe_load(open(f)) or {})
-    for key, value in args.param or []:
-        params[key] = yaml.safe_load(value)
+    for f in paths or []:
+        try:
+            params.update(yaml.safe_load(open(f)) or {})
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"cannot read parameter file {f}: {err}") from None
     return params
 
 
@@ -41,16 +44,22 @@ def _final_table(out) -> None:
 
 
 def cmd_run(args) -> int:
-    from .experiments import run_sequence
+    from .experiments import papermill_error, run_sequence
     from .report import write_report
-    start = time.perf_counter()
+    start, failed = time.perf_counter(), None
     try:
-        out = run_sequence(args.notebooks, args.out, _parameters(args), strict=[k for k, _ in args.param or []])
-    except ValueError as err:  # an unknown parameter name
+        params = {**_files(args.file), **{k: yaml.safe_load(v) for k, v in args.param or []}}
+        out = run_sequence(args.notebooks, args.out, params, strict=[k for k, _ in args.param or []])
+    except ValueError as err:  # an unreadable parameter file or an unknown parameter name
         print(f"FAIL: {err}", file=sys.stderr)
         return 2
-    html, _ = write_report(out)
-    print(f"\nfinished in {time.perf_counter() - start:.0f} s; results in {out}\nreport: {html}\n")
+    except Exception as err:  # a notebook failed: its executed copy and failed record are kept
+        failed, out = papermill_error(err), Path(getattr(err, "out_dir", "") or args.out or ".")
+    html, _ = write_report(out) if list(Path(out).glob("*.record.json")) else (None, None)
+    print(f"\nfinished in {time.perf_counter() - start:.0f} s; results in {out}" + (f"\nreport: {html}" if html else ""))
+    if failed:
+        print(f"FAIL: a notebook failed: {failed}; its executed copy in {out} shows where", file=sys.stderr)
+        return 1
     _final_table(out)
     return 0
 
@@ -58,14 +67,10 @@ def cmd_run(args) -> int:
 def cmd_sweep(args) -> int:
     from .report import write_report
     from .sweeps import sweep
-    grid = {}
-    for f in args.grid or []:
-        grid.update(yaml.safe_load(open(f)) or {})
-    for name, *values in args.param or []:
-        grid[name] = [yaml.safe_load(v) for v in values]
     try:
-        df = sweep(args.notebook, grid, _parameters(argparse.Namespace(file=args.file, param=None)), args.seeds,
-                   args.out, args.workers, args.scheduler)
+        grid = _files(args.grid)
+        grid.update({name: [yaml.safe_load(v) for v in values] for name, *values in args.param or []})
+        df = sweep(args.notebook, grid, _files(args.file), args.seeds, args.out, args.workers, args.scheduler)
     except (ValueError, FileNotFoundError) as err:
         print(f"FAIL: {err}", file=sys.stderr)
         return 2

@@ -220,6 +220,7 @@ def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, s
                                 progress_bar=progress)
         except Exception as err:  # papermill's execution error, a dead kernel, ...
             mark_failed(out, nb.name, papermill_error(err), mine)
+            err.out_dir = str(out)  # so that callers can point at the executed copy
             raise
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return out

@@ -230,3 +230,14 @@ def test_parameters_for_sections():
     assert parameters_for("04_feature_distillation.ipynb", params) == {"epochs": 2}
     assert parameters_for("notebooks/05_magnitude_pruning.ipynb", params) == {"epochs": 1, "lr": 0.1}
     assert parameters_for("01_teacher_training.ipynb", params) == {"epochs": 1}
+
+
+def test_cli_run_reports_a_failing_notebook_and_bad_files(tmp_path, capsys):
+    nb = tiny_notebook(tmp_path)
+    out = tmp_path / "run"
+    assert cli.main(["run", str(nb), "-p", "x", "2", "-p", "fail_on", "2", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "FAIL: a notebook failed: RuntimeError: forced failure" in err and str(out) in err
+    assert read_record(record_path(out, "tiny"))["status"] == "failed" and (out / "report.html").exists()
+    assert cli.main(["run", str(nb), "-f", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read parameter file" in capsys.readouterr().err
