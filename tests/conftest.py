@@ -39,3 +39,14 @@ def no_debian(monkeypatch):
     from distill_utils import data
     spec = dataclasses.replace(data.DATASETS["fashion_mnist"], debian="/nonexistent/fashion-mnist")
     monkeypatch.setitem(data.DATASETS, "fashion_mnist", spec)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Tests must not leak environment changes: a Dask LocalCluster sets OMP_NUM_THREADS=1 in this
+    process, which would make every notebook kernel started later single-threaded."""
+    import os
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
