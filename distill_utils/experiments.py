@@ -94,12 +94,10 @@ class Run:
 
         ``main`` names the headline metric that reports plot (default: the first)."""
         entries = self._log[self._log_start:]
-        self.record.update(
-            status="ok", metrics=_json_safe(metrics), main_metric=main or next(iter(metrics), None),
-            wall_s=round(time.perf_counter() - self._start, 1),
-            checkpoints={op: [{"path": e["path"], "sha256": e["sha256"]} for e in entries if e["op"] == op]
-                         for op in ("read", "write")})
-        self.record["checkpoints"]["written"] = self.record["checkpoints"].pop("write")
+        files = lambda op: [{"path": e["path"], "sha256": e["sha256"]} for e in entries if e["op"] == op]  # noqa: E731
+        self.record.update(status="ok", metrics=_json_safe(metrics), main_metric=main or next(iter(metrics), None),
+                           wall_s=round(time.perf_counter() - self._start, 1),
+                           checkpoints={"read": files("read"), "written": files("write")})
         self._write()
         return self.path
 

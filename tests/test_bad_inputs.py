@@ -1,7 +1,6 @@
 """The bad-input matrix: every failure a user can meet gives a specific message naming the
 problem and the fix, and loses nothing already written. One test per case."""
 import errno
-import gzip
 import json
 import os
 import pickle
