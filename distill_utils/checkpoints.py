@@ -91,9 +91,9 @@ def _check_signature(manifest: dict, name: str, key, allow_unverified: bool) -> 
     if not given:
         problem = (f"{name} is not signed, and a signing key is configured. If you trust where it came from, "
                    "sign it (python -m distill_utils sign PATH); else do not use it")
-    elif not hmac.compare_digest(str(given.get("value")), _signature(manifest, key)["value"]):
+    elif not hmac.compare_digest(str(given.get("value")), (expected := _signature(manifest, key))["value"]):
         problem = (f"the signature of {name} does not match: its manifest or weights changed after signing, or it "
-                   f"was signed with another key (key id {given.get('key_id')}, yours {_signature(manifest, key)['key_id']}). "
+                   f"was signed with another key (key id {given.get('key_id')}, yours {expected['key_id']}). "
                    "Do not use it unless you can re-check where it came from")
     else:
         return "signed"
