@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=900
+# two workers share the cores; each notebook stays whole on one (see conftest.py)
+XDIST  := -n 2
 
 .PHONY: setup data run test unit nbtest lab pretrained bench clean
 
@@ -23,13 +25,13 @@ run: data
 	$(PY) -m distill_utils run $(if $(PARAMS),-f $(PARAMS))
 
 test: data
-	$(PY) -m pytest tests/ notebooks/ $(NBVAL)
+	$(PY) -m pytest tests/ notebooks/ $(NBVAL) $(XDIST)
 
 unit: $(STAMP)
-	$(PY) -m pytest tests/
+	$(PY) -m pytest tests/ $(XDIST)
 
 nbtest: data
-	$(PY) -m pytest notebooks/ $(NBVAL)
+	$(PY) -m pytest notebooks/ $(NBVAL) $(XDIST)
 
 lab: data
 	$(VENV)/bin/jupyter lab notebooks/

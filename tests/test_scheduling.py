@@ -1,0 +1,29 @@
+"""The test scheduler of `make test` (conftest.py at the repository root)."""
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_root_conftest():
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_notebook_stays_whole_and_07_runs_after_what_it_reads():
+    scope = load_root_conftest().scope
+    notebooks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    scopes = {nb: scope(f"{nb}::Cell 3") for nb in notebooks}
+    assert all(scope(f"{nb}::Cell 0") == s for nb, s in scopes.items())  # cells never split
+    pipeline = [nb for nb in notebooks if scopes[nb] == scopes["notebooks/07_prune_and_distill.ipynb"]]
+    assert [Path(nb).name[:2] for nb in pipeline] == ["03", "05", "06", "07"]  # in this order, on one worker
+    others = [s for nb, s in scopes.items() if nb not in pipeline]
+    assert len(set(others)) == len(others) == len(notebooks) - 4  # the rest spread over the workers
+
+
+def test_unit_tests_are_scheduled_one_by_one():
+    scope = load_root_conftest().scope
+    a, b = "tests/test_sparse.py::test_bits_round_trip[1]", "tests/test_sparse.py::test_pack_bits_layout"
+    assert scope(a) == a and scope(b) == b
