@@ -25,4 +25,5 @@ def atomic_write_bytes(path, data: bytes) -> Path:
 
 
 def atomic_write_json(path, obj) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    """Keys stay in the order written, so a table's columns survive a round trip."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())

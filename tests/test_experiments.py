@@ -118,6 +118,16 @@ def test_record_in_process(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_tables_in_records_keep_their_column_order(tmp_path):
+    """Notebook 07's final table goes through a record to `make run` and the report: columns
+    must come back in the notebook's order, not sorted by name."""
+    table = [{"model": "teacher", "test_acc": 0.93, "params": 688362, "bytes": 2757176}]
+    start_run("tiny", namespace(seed=0, out_dir=str(tmp_path))).finish({"zeta": 1, "final_table": table})
+    row = collect(tmp_path).iloc[0]
+    assert list(json.loads(row["metric.final_table"])[0]) == ["model", "test_acc", "params", "bytes"]
+    assert row["main_metric"] == "zeta"
+
+
 def test_run_sequence_records_and_marks_failures(tmp_path):
     nb = tiny_notebook(tmp_path)
     out = run_sequence([str(nb)], tmp_path / "ok", {"x": 5, "not_declared": 1}, progress=False)
