@@ -280,8 +280,11 @@ def load_pretrained(name: str = "teacher_fashion_mnist", root=None):
 
 
 def _find_parent(ref: dict, near: Path) -> Path | None:
-    """The file a lineage reference points to: its recorded path, else the same name beside ``near``."""
-    for candidate in (Path(ref.get("path", "")), near.parent / Path(ref.get("path", "")).name):
+    """The file a lineage reference points to: its recorded path, else the same name beside
+    ``near``, else, for a shipped model (its SHA-256 pinned), this project's copy."""
+    recorded = Path(ref.get("path", ""))
+    pinned = [PRETRAINED_DIR / f"{name}.safetensors" for name, sha in PRETRAINED.items() if sha == ref.get("sha256")]
+    for candidate in (recorded, near.parent / recorded.name, *pinned):
         if candidate.is_file():
             return candidate
     return None

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from distill_utils import __main__ as cli
-from distill_utils.checkpoints import (PRETRAINED, CheckpointError, format_lineage, lineage_chain, load_checkpoint,
-                                       load_pretrained, save_checkpoint, verify_checkpoint)
+from distill_utils.checkpoints import (PRETRAINED, PRETRAINED_DIR, CheckpointError, format_lineage, lineage_chain,
+                                       load_checkpoint, load_pretrained, save_checkpoint, verify_checkpoint)
 from distill_utils.data import Split
 from distill_utils.distill import distill
 from distill_utils.models import build_model
@@ -92,6 +92,21 @@ def test_lineage_records_every_step(tmp_path):
     teacher_path.unlink()  # a missing ancestor is reported, not an exception
     assert lineage_chain(sparse_path)[2]["problem"] == "file not found"
     assert cli.main(["lineage", str(sparse_path)]) == 0
+
+
+def test_lineage_finds_the_shipped_teacher_after_a_move(tmp_path):
+    """Paths in a lineage are absolute; the shipped teacher is found by its pinned hash wherever
+    the child was made (another clone, another machine)."""
+    teacher, _ = load_pretrained()
+    student = prune_channels(teacher, 0.5)
+    child = save_checkpoint(student, tmp_path / "child.safetensors")
+    manifest_file = child.with_suffix(".json")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["lineage"]["parents"][0]["path"] = "/elsewhere/data/pretrained/teacher_fashion_mnist.safetensors"
+    manifest_file.write_text(json.dumps(manifest))  # unsigned here, so the edit is allowed
+    parent = lineage_chain(child)[1]
+    assert parent["problem"] is None and parent["sha256"] == PRETRAINED["teacher_fashion_mnist"]
+    assert parent["path"] == str(PRETRAINED_DIR / "teacher_fashion_mnist.safetensors")
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path):
