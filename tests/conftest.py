@@ -32,6 +32,19 @@ def make_idx_dataset(folder, n_train=40, n_test=20, gz=False, seed=0):
     return out
 
 
+def write_notebook(path, parameters: str, *cells: str):
+    """A notebook at ``path``: a ``parameters`` cell, then ``start_run(<its name>)``, then ``cells``."""
+    from nbformat import write
+    from nbformat.v4 import new_code_cell, new_notebook
+    nb = new_notebook(cells=[
+        new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        new_code_cell(f"from distill_utils.experiments import start_run\nrun = start_run({path.stem!r}, globals())"),
+        *map(new_code_cell, cells)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    write(nb, path)
+    return path
+
+
 @pytest.fixture
 def no_debian(monkeypatch):
     """Hide Debian's Fashion-MNIST so a test sees only its own files."""

@@ -5,12 +5,10 @@ import json
 import os
 import pickle
 
-import nbformat
 import pytest
 import torch
-from nbformat.v4 import new_code_cell, new_notebook
 
-from conftest import make_idx_dataset
+from conftest import make_idx_dataset, write_notebook
 from distill_utils import _io, data
 from distill_utils.checkpoints import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
 from distill_utils.data import DataError, Split
@@ -66,7 +64,8 @@ def test_04_missing_dataset(tmp_path, no_debian):
     with pytest.raises(DataError) as err:
         data.load_dataset("fashion_mnist", root=tmp_path)
     msg = str(err.value)
-    assert "not found" in msg and "apt-get install dataset-fashion-mnist" in msg and "download=True" in msg
+    assert "not found" in msg and "FashionMNIST" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "download=True" in msg
 
 
 def test_05_truncated_dataset_file(tmp_path, no_debian):
@@ -74,7 +73,7 @@ def test_05_truncated_dataset_file(tmp_path, no_debian):
     make_idx_dataset(raw)
     path = raw / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.*(truncated|bytes)"):
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.*truncated"):
         data.load_dataset("fashion_mnist", root=tmp_path)
 
 
@@ -242,19 +241,14 @@ def test_19_unwritable_output_folder(tmp_path):
 
 # 20: a sweep worker killed mid-run
 def test_20_sweep_worker_killed_mid_run(tmp_path):
-    nb = new_notebook(cells=[
-        new_code_cell("x: int = 1  # a number\nout_dir: str = '.'  # where the record goes",
-                      metadata={"tags": ["parameters"]}),
-        new_code_cell("from distill_utils.experiments import start_run\nrun = start_run('killer', globals())"),
-        new_code_cell("import os, signal\nfrom pathlib import Path\n"
-                      "if x == 2 and not (Path(out_dir).parent / 'allow').exists():\n"
-                      "    os.kill(os.getppid(), signal.SIGKILL)  # the papermill process running this notebook\n"
-                      "    import time; time.sleep(30)"),
-        new_code_cell("run.finish({'y': x})"),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = tmp_path / "killer.ipynb"
-    nbformat.write(nb, path)
+    path = write_notebook(
+        tmp_path / "killer.ipynb",
+        "x: int = 1  # a number\nout_dir: str = '.'  # where the record goes",
+        "import os, signal\nfrom pathlib import Path\n"
+        "if x == 2 and not (Path(out_dir).parent / 'allow').exists():\n"
+        "    os.kill(os.getppid(), signal.SIGKILL)  # the papermill process running this notebook\n"
+        "    import time; time.sleep(30)",
+        "run.finish({'y': x})")
     out = tmp_path / "sweep"
     df = sweep(path, {"x": [1, 2, 3]}, out=out, workers=2, progress=False).set_index("run")
     assert df.loc["x=2", "status"] == "failed" and "killed by signal 9" in df.loc["x=2", "error"]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
+from conftest import write_notebook
 from distill_utils import __main__ as cli
 from distill_utils.checkpoints import ACCESS_LOG
 from distill_utils.experiments import (NOTEBOOKS, SEQUENCE, collect, read_record, record_path,
@@ -84,25 +84,19 @@ def test_resolve_by_number_prefix():
 
 def tiny_notebook(folder: Path) -> Path:
     """A notebook with a record, a checkpoint, and a failure when x == fail_on and seed == 0 (unless 'allow' exists)."""
-    nb = new_notebook(cells=[
-        new_code_cell("x: int = 1  # a number\nfail_on: int = -1  # fail when x equals this\n"
-                      "seed: int = 0  # a seed\nout_dir: str = '.'  # where the record goes",
-                      metadata={"tags": ["parameters"]}),
-        new_code_cell("from distill_utils.experiments import start_run\nrun = start_run('tiny', globals())"),
-        new_code_cell("from pathlib import Path\n"
-                      "from distill_utils.models import build_model\n"
-                      "from distill_utils.checkpoints import save_checkpoint\n"
-                      "with open(Path(out_dir).parent / 'executions.log', 'a') as f:\n"
-                      "    f.write(Path(out_dir).name + '\\n')\n"
-                      "if x == fail_on and seed == 0 and not (Path(out_dir).parent / 'allow').exists():\n"
-                      "    raise RuntimeError('forced failure')\n"
-                      "save_checkpoint(build_model('student_mlp', width=0.05), Path(out_dir) / 'model.safetensors')"),
-        new_code_cell("run.finish({'y': x * 10 + seed, 'nested': {'z': x}}, main='y')"),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = folder / "tiny.ipynb"
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(
+        folder / "tiny.ipynb",
+        "x: int = 1  # a number\nfail_on: int = -1  # fail when x equals this\n"
+        "seed: int = 0  # a seed\nout_dir: str = '.'  # where the record goes",
+        "from pathlib import Path\n"
+        "from distill_utils.models import build_model\n"
+        "from distill_utils.checkpoints import save_checkpoint\n"
+        "with open(Path(out_dir).parent / 'executions.log', 'a') as f:\n"
+        "    f.write(Path(out_dir).name + '\\n')\n"
+        "if x == fail_on and seed == 0 and not (Path(out_dir).parent / 'allow').exists():\n"
+        "    raise RuntimeError('forced failure')\n"
+        "save_checkpoint(build_model('student_mlp', width=0.05), Path(out_dir) / 'model.safetensors')",
+        "run.finish({'y': x * 10 + seed, 'nested': {'z': x}}, main='y')")
 
 
 def test_record_in_process(tmp_path):
