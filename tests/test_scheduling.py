@@ -3,17 +3,13 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_root_conftest():
-    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+_root_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root_conftest)
+scope = _root_conftest.scope
 
 
 def test_each_notebook_stays_whole_and_07_runs_after_what_it_reads():
-    scope = load_root_conftest().scope
     notebooks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     scopes = {nb: scope(f"{nb}::Cell 3") for nb in notebooks}
     assert all(scope(f"{nb}::Cell 0") == s for nb, s in scopes.items())  # cells never split
@@ -24,6 +20,5 @@ def test_each_notebook_stays_whole_and_07_runs_after_what_it_reads():
 
 
 def test_unit_tests_are_scheduled_one_by_one():
-    scope = load_root_conftest().scope
     a, b = "tests/test_sparse.py::test_bits_round_trip[1]", "tests/test_sparse.py::test_pack_bits_layout"
     assert scope(a) == a and scope(b) == b
