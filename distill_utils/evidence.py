@@ -1,0 +1,229 @@
+"""Per-seed comparisons -> mean, spread and one plain verdict sentence (every notebook from 03 on).
+
+A notebook that states an outcome of its own run ("KD helps here") computes the sentence::
+
+    from distill_utils.evidence import compare
+    compare({0: 0.861, 1: 0.858, 2: 0.866}, {0: 0.850, 1: 0.851, 2: 0.853}, "KD", "scratch")
+    # KD beats scratch by 1.0 ± 0.3 points (3 seeds, every seed)
+
+The two sides are paired by seed (same initial weights, same batch order), so the verdict
+looks at the per-seed differences ``d_i = a_i - b_i`` over the seeds both sides have:
+
+* fewer than 3 shared seeds: "too few seeds" (the numbers are still reported);
+* otherwise the 95% confidence interval of the mean difference (Student t with n - 1 degrees
+  of freedom) decides: "better" or "worse" when it excludes 0, else
+  "no measurable difference".
+
+The ``±`` in a sentence is the standard deviation of the paired differences (not the
+interval). Results are multiplied by ``scale`` (accuracy in [0, 1] -> percentage points).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+__all__ = ["Comparison", "compare", "summary", "t_quantile", "MIN_SEEDS"]
+
+MIN_SEEDS = 3  # fewer paired seeds than this never give a verdict
+
+# Two-sided 95% critical values of Student's t (the 0.975 quantile) for 1..30 degrees of freedom.
+_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+
+
+def t_quantile(dof: int) -> float:
+    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (a 95% two-sided
+    interval is ``mean ± t_quantile(n - 1) * std / sqrt(n)``). Tabulated up to 30, then the
+    Cornish-Fisher expansion around the normal quantile (error < 1e-4)."""
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
+    if dof <= len(_T975):
+        return _T975[dof - 1]
+    z = 1.959964
+    return (z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3))
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
+def _std(xs) -> float:
+    """Sample standard deviation (n - 1); nan for one value."""
+    if len(xs) < 2:
+        return math.nan
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _per_seed(values, name: str, scale: float) -> dict[int, float]:
+    """Check one side's {seed: metric} and return it scaled, seeds as ints."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"results of {name!r} must be a mapping seed -> metric (e.g. {{0: 0.91, 1: 0.90}}), "
+                         f"got {type(values).__name__}")
+    if not values:
+        raise ValueError(f"results of {name!r} are empty: run at least one seed")
+    out = {}
+    for seed, value in values.items():
+        try:
+            key = int(seed)
+        except (TypeError, ValueError):
+            raise ValueError(f"results of {name!r}: seed {seed!r} is not an integer") from None
+        if key != seed and str(key) != str(seed).strip():
+            raise ValueError(f"results of {name!r}: seed {seed!r} is not an integer")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise ValueError(f"results of {name!r}: seed {key} has {value!r}, not a number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"results of {name!r}: seed {key} has the non-finite value {number}; "
+                             "that run diverged or failed, so rerun or drop it")
+        out[key] = number * scale
+    return dict(sorted(out.items()))
+
+
+def _decimals(*values: float) -> int:
+    """Decimals (1 to 3) that show each non-zero value with at least one significant digit."""
+    small = [round(abs(v), 9) for v in values if math.isfinite(v) and round(abs(v), 9) > 0]  # 0.8999999 -> 0.9
+    return min(3, max([1] + [-math.floor(math.log10(v)) for v in small]))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``name_a`` against ``name_b`` over the seeds both have (see ``compare``).
+
+    ``a``, ``b``: {seed: scaled metric} on the shared seeds; ``diff`` and ``diff_std``: mean and
+    standard deviation of ``a - b`` per seed; ``ci``: its 95% interval (nan below 2 seeds);
+    ``wins``: seeds on which ``a`` is strictly better than ``b`` (higher, or lower when
+    ``higher_is_better`` is False); ``unpaired``: {name: seeds only that side has}, left out.
+    """
+
+    name_a: str
+    name_b: str
+    a: dict
+    b: dict
+    unit: str = "points"
+    higher_is_better: bool = True
+    unpaired: dict = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.a)
+
+    @property
+    def n(self) -> int:
+        return len(self.a)
+
+    @property
+    def differences(self) -> list[float]:
+        return [self.a[s] - self.b[s] for s in self.a]
+
+    mean_a = property(lambda self: _mean(list(self.a.values())))
+    std_a = property(lambda self: _std(list(self.a.values())))
+    mean_b = property(lambda self: _mean(list(self.b.values())))
+    std_b = property(lambda self: _std(list(self.b.values())))
+    diff = property(lambda self: _mean(self.differences))
+    diff_std = property(lambda self: _std(self.differences))
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        if self.n < 2:
+            return (math.nan, math.nan)
+        half = t_quantile(self.n - 1) * self.diff_std / math.sqrt(self.n)
+        return (self.diff - half, self.diff + half)
+
+    @property
+    def wins(self) -> int:
+        sign = 1 if self.higher_is_better else -1
+        return sum(sign * d > 0 for d in self.differences)
+
+    @property
+    def losses(self) -> int:
+        sign = 1 if self.higher_is_better else -1
+        return sum(sign * d < 0 for d in self.differences)
+
+    @property
+    def verdict(self) -> str:
+        if self.n < MIN_SEEDS:
+            return "too few seeds"
+        low, high = self.ci
+        if low <= 0 <= high:
+            return "no measurable difference"
+        a_higher = low > 0
+        return "better" if a_higher == self.higher_is_better else "worse"
+
+    def _amount(self, value: float, with_sign: bool = False) -> str:
+        d = _decimals(self.diff, self.diff_std)
+        text = f"{value:+.{d}f}" if with_sign else f"{abs(value):.{d}f}"
+        if self.n >= 2:
+            text += f" ± {self.diff_std:.{d}f}"
+        return f"{text} {self.unit}".rstrip()
+
+    def sentence(self) -> str:
+        seeds = f"{self.n} seed" + ("s" if self.n != 1 else "")
+        lower = "" if self.higher_is_better else "lower is better; "
+        verdict = self.verdict
+        if verdict in ("better", "worse"):
+            count = self.wins if verdict == "better" else self.losses
+            how = "every seed" if count == self.n else f"{count} of {self.n}"
+            verb = "beats" if verdict == "better" else "is worse than"
+            text = f"{self.name_a} {verb} {self.name_b} by {self._amount(self.diff)} ({lower}{seeds}, {how})"
+        elif verdict == "no measurable difference":
+            text = (f"no measurable difference between {self.name_a} and {self.name_b} "
+                    f"({self._amount(self.diff, True)}, {lower}{seeds})")
+        else:
+            text = (f"too few seeds to conclude: {self.name_a} vs {self.name_b} "
+                    f"{self._amount(self.diff, True)} ({lower}{seeds}; a verdict needs {MIN_SEEDS})")
+        if self.unpaired:
+            left = "; ".join(f"{name} {', '.join(map(str, seeds))}" for name, seeds in self.unpaired.items())
+            text += f" [left out, no partner seed: {left}]"
+        return text
+
+    def __str__(self) -> str:
+        return self.sentence()
+
+    def _repr_markdown_(self) -> str:
+        return self.sentence()
+
+    def as_dict(self) -> dict:
+        """Plain numbers for records and tables."""
+        return dict(name_a=self.name_a, name_b=self.name_b, seeds=self.seeds, n=self.n,
+                    mean_a=self.mean_a, std_a=self.std_a, mean_b=self.mean_b, std_b=self.std_b,
+                    diff=self.diff, diff_std=self.diff_std, ci=list(self.ci), wins=self.wins,
+                    verdict=self.verdict, sentence=self.sentence(), unit=self.unit)
+
+
+def compare(a: Mapping, b: Mapping, name_a: str, name_b: str, *, higher_is_better: bool = True,
+            unit: str = "points", scale: float = 100.0) -> Comparison:
+    """Compare two methods' per-seed results ``{seed: metric}``, paired by seed (notebook 03).
+
+    Values are multiplied by ``scale`` (default 100: accuracy in [0, 1] -> percentage points;
+    use ``scale=1.0, unit="ms", higher_is_better=False`` for latency). Seeds only one side has
+    are left out (and named in the sentence). Raises ``ValueError`` for empty results, values
+    that are not finite numbers, or no seed in common.
+    """
+    if not math.isfinite(scale) or scale == 0:
+        raise ValueError(f"scale must be a finite non-zero number, got {scale}")
+    sa, sb = _per_seed(a, name_a, scale), _per_seed(b, name_b, scale)
+    shared = [s for s in sa if s in sb]
+    if not shared:
+        raise ValueError(f"{name_a!r} (seeds {list(sa)}) and {name_b!r} (seeds {list(sb)}) share no seed; "
+                         "run both methods with the same seeds so they can be paired")
+    unpaired = {name: [s for s in side if s not in shared]
+                for name, side in ((name_a, sa), (name_b, sb))}
+    return Comparison(name_a, name_b, {s: sa[s] for s in shared}, {s: sb[s] for s in shared},
+                      unit=unit, higher_is_better=higher_is_better,
+                      unpaired={k: v for k, v in unpaired.items() if v})
+
+
+def summary(results: Mapping[str, Mapping], scale: float = 100.0):
+    """A DataFrame with one row per method: ``method, mean, std, n`` over its seeds (scaled)."""
+    import pandas as pd
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError("summary needs a non-empty mapping method -> {seed: metric}")
+    rows = []
+    for method, values in results.items():
+        per_seed = list(_per_seed(values, method, scale).values())
+        rows.append(dict(method=method, mean=_mean(per_seed), std=_std(per_seed), n=len(per_seed)))
+    return pd.DataFrame(rows, columns=["method", "mean", "std", "n"])
