@@ -7,7 +7,7 @@ NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=900
 # two workers share the cores; each notebook stays whole on one (see conftest.py)
 XDIST  := -n 2
 
-.PHONY: setup data run test unit nbtest lab pretrained bench clean
+.PHONY: setup data run test unit nbtest browser-test lab pretrained bench clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,15 @@ unit: $(STAMP)
 nbtest: data
 	$(PY) -m pytest notebooks/ $(NBVAL) $(XDIST)
 
+# Notebook 02's explorer in JupyterLab + Debian's Chromium (apt-get install chromium), driven by Playwright.
+browser-test: data
+	$(PY) -m pytest tests/test_browser.py -v
+
+# JupyterLab refuses root without --allow-root; containers and many workshop VMs run as root.
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: data
-	$(VENV)/bin/jupyter lab notebooks/
+	$(if $(LAB_ROOT),@echo "make lab: running as root: JupyterLab starts with --allow-root")
+	$(VENV)/bin/jupyter lab notebooks/ $(LAB_ROOT)
 
 pretrained: data
 	$(PY) -m distill_utils pretrained
