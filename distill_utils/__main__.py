@@ -1,4 +1,4 @@
-"""Command line: ``python -m distill_utils data | run | sweep | report | lineage | sign | verify | pretrained``."""
+"""Command line: ``python -m distill_utils data | run | sweep | report | lineage | sign | verify | pretrained | reference``."""
 from __future__ import annotations
 
 import argparse
@@ -130,6 +130,27 @@ def cmd_pretrained(args) -> int:
     return 0
 
 
+def cmd_reference(args) -> int:
+    """Full-size reference records in data/reference/ (resumable), or the README table from them."""
+    from .reference import run_reference, update_readme
+    try:
+        if args.readme:
+            changed = update_readme()
+            print("README.md: reference table " + ("rewritten" if changed else "already up to date"))
+            return 0
+        run_reference(args.only or ("03", "04"), args.seeds)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"FAIL: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a notebook failed: the seeds done so far are kept
+        from .experiments import papermill_error
+        print(f"FAIL: a reference run failed: {papermill_error(err)}; finished seeds are kept, "
+              "rerun the same command to continue", file=sys.stderr)
+        return 1
+    print("done; python -m distill_utils reference --readme updates the README's table")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill_utils")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +189,11 @@ def main(argv=None) -> int:
         p.set_defaults(func=cmd_sign)
     p = sub.add_parser("pretrained", help="retrain the shipped teacher with params/full.yaml")
     p.set_defaults(func=cmd_pretrained)
+    p = sub.add_parser("reference", help="full-size reference runs (params/full.yaml, per seed) into data/reference/")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds to run (default 0 1 2); recorded ones are skipped")
+    p.add_argument("--only", nargs="+", help="notebooks (names or number prefixes; default 03 04)")
+    p.add_argument("--readme", action="store_true", help="rewrite the README's result table from the records, run nothing")
+    p.set_defaults(func=cmd_reference)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,158 @@
+"""Full-size reference results: per-seed records in ``data/reference/`` and the README's table.
+
+``python -m distill_utils reference [--seeds 0 1 2] [--only 03 04]`` runs each notebook with
+``params/full.yaml`` once per seed (``seed``, and ``few_seeds``/``seeds`` set to that one seed)
+and keeps, per notebook, one small JSON file ``data/reference/<notebook>.json``::
+
+    {"notebook": ..., "params_file": "params/full.yaml", "parameters": {...},
+     "seeds": {"0": {"metrics": {...}, "wall_s": ..., "versions": {...}, "finished": ...}, ...}}
+
+It is resumable: a seed already in the file is skipped. Notebooks 03 and 04 show these numbers
+beside the workshop run (``load``, ``per_seed``); ``--readme`` rewrites the README's result table
+(``readme_table``) between its marker comments, and a test keeps the two equal.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ._io import atomic_write_json
+from .evidence import compare
+from .experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
+
+__all__ = ["REFERENCE_DIR", "MISSING", "load", "per_seed", "describe", "run_reference", "readme_table",
+           "update_readme", "MARK_START", "MARK_END"]
+
+REFERENCE_DIR = REPO / "data" / "reference"
+FULL = REPO / "params" / "full.yaml"
+MISSING = ("No full-size reference record for `{notebook}` exists yet. `python -m distill_utils reference "
+           "--only {notebook}` makes one per seed (hours on a laptop CPU); until then only this run's numbers are shown.")
+MARK_START, MARK_END = "<!-- reference table: start (python -m distill_utils reference --readme) -->", \
+    "<!-- reference table: end -->"
+
+
+def load(notebook: str, folder=None) -> dict | None:
+    """The reference record of ``notebook`` (its stem, e.g. ``"03_knowledge_distillation"``), or None."""
+    path = Path(folder or REFERENCE_DIR) / f"{Path(notebook).stem}.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"reference record {path} is unreadable ({err}); delete it and rerun "
+                         f"python -m distill_utils reference --only {Path(notebook).stem}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("seeds"), dict) or not record["seeds"]:
+        return None
+    return record
+
+
+def per_seed(record: dict, key: str) -> dict[int, float]:
+    """``{seed: metric}`` of one metric over the record's seeds. A metric that is itself a
+    ``{seed: value}`` mapping (a notebook's own seed loop, e.g. ``few_distilled``) is merged."""
+    out = {}
+    for seed, entry in record["seeds"].items():
+        value = entry["metrics"].get(key)
+        if isinstance(value, dict):
+            out.update({int(s): v for s, v in value.items()})
+        elif value is not None:
+            out[int(seed)] = value
+    return out
+
+
+def describe(record: dict) -> str:
+    seeds = sorted(int(s) for s in record["seeds"])
+    return (f"{record.get('params_file', 'params/full.yaml')}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+            f"({', '.join(map(str, seeds))})")
+
+
+def _parameters_for_seed(declared: set, seed: int) -> dict:
+    own = {"seed": seed}
+    for name in ("few_seeds", "seeds"):  # a notebook's own seed loop runs just this seed
+        if name in declared:
+            own[name] = [seed]
+    return own
+
+
+def run_reference(notebooks=("03", "04"), seeds=(0, 1, 2), folder=None, work=None, params_file=None) -> dict:
+    """Run each notebook at full size once per missing seed; returns {notebook: record}."""
+    import yaml
+    from .experiments import declared_parameters, parameters_for
+    folder, work = Path(folder or REFERENCE_DIR), Path(work or REPO / "runs" / "reference")
+    params_file = Path(params_file or FULL)
+    full = yaml.safe_load(params_file.read_text()) or {}
+    done = {}
+    for nb in resolve_notebooks(list(notebooks)):
+        stem = nb.stem
+        record = load(stem, folder) or {"notebook": stem, "params_file": params_file.name if params_file.parent.name != "params"
+                                        else f"params/{params_file.name}", "parameters": {}, "seeds": {}}
+        declared = set(declared_parameters(nb))
+        for seed in seeds:
+            if str(seed) in record["seeds"]:
+                print(f"{stem} seed {seed}: already in {folder / (stem + '.json')}, skipped", flush=True)
+                continue
+            out = work / f"{stem}-seed{seed}"
+            start = time.perf_counter()
+            run_sequence([str(nb)], out, {**parameters_for(nb, full), **_parameters_for_seed(declared, seed)})
+            run = read_record(record_path(out, nb.name)) or {}
+            params = {k: v for k, v in run.get("parameters", {}).items() if k not in ("out_dir", "data_root", "seed")}
+            record["parameters"] = {k: v for k, v in params.items() if k not in ("few_seeds", "seeds")}
+            record["seeds"][str(seed)] = {"metrics": run.get("metrics", {}), "wall_s": round(time.perf_counter() - start, 1),
+                                          "versions": {k: v for k, v in run.get("versions", {}).items() if k != "host"},
+                                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(folder / f"{stem}.json", record)  # after every seed: an interrupted run keeps what it did
+            print(f"{stem} seed {seed}: recorded in {time.perf_counter() - start:.0f} s", flush=True)
+        done[stem] = record
+    return done
+
+
+def _mean_std(values) -> str:
+    import statistics
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.2f}% (1 seed)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}%"
+
+
+def readme_table(folder=None) -> str:
+    """The README's KD result table, from ``data/reference/03_knowledge_distillation.json``."""
+    record = load("03_knowledge_distillation", folder)
+    if record is None:
+        return ("No reference records yet: `python -m distill_utils reference --only 03` writes "
+                "`data/reference/03_knowledge_distillation.json`, then `--readme` fills this table.")
+    p, rows = record["parameters"], []
+    teacher = [e["metrics"].get("teacher_acc") for e in record["seeds"].values()]
+    settings = (("scratch_test_acc", "distilled_test_acc",
+                 f"all {'60,000' if not p.get('train_subset') else p['train_subset']} labels, {p.get('epochs')} epochs"
+                 + (", crop + flip" if p.get("augment") else "")),
+                ("few_scratch", "few_distilled", f"{p.get('few_labels')} labels, {p.get('few_epochs')} epochs"))
+    for scratch_key, kd_key, label in settings:
+        scratch, kd = per_seed(record, scratch_key), per_seed(record, kd_key)
+        if not scratch or not kd:
+            continue
+        c = compare(kd, scratch, "KD", "scratch")
+        gap = 100 * teacher[0] - c.mean_b
+        rows.append(f"| {label} | {100 * teacher[0]:.2f}% | {_mean_std(scratch.values())} | {_mean_std(kd.values())} | "
+                    f"{100 * c.diff / gap:.0f}% | {c.sentence()} |")
+    head = (f"Fashion-MNIST, `{p.get('student_name', 'student_cnn')}` (width {p.get('student_width', 1.0)}), "
+            f"T={p.get('T')}, alpha={p.get('alpha')}, {describe(record)}:\n\n"
+            "| setting | teacher | student from scratch | distilled student | gap closed | verdict |\n"
+            "|---|---|---|---|---|---|")
+    return "\n".join([head, *rows])
+
+
+def update_readme(readme=None, folder=None) -> bool:
+    """Rewrite the table between the README's markers; returns whether anything changed."""
+    readme = Path(readme or REPO / "README.md")
+    text = readme.read_text()
+    if MARK_START not in text or MARK_END not in text:
+        raise ValueError(f"{readme} has no reference table markers; put the lines\n{MARK_START}\n{MARK_END}\n"
+                         "where the table belongs")
+    before, rest = text.split(MARK_START, 1)
+    _, after = rest.split(MARK_END, 1)
+    new = f"{before}{MARK_START}\n{readme_table(folder)}\n{MARK_END}{after}"
+    if new != text:
+        readme.write_text(new)
+    return new != text
