@@ -46,6 +46,12 @@ lab: data
 pretrained: data
 	$(PY) -m distill_utils pretrained
 
+# Full-size reference results (params/full.yaml, seeds 0 1 2) into data/reference/, then the README table. Hours on a CPU; resumable.
+.PHONY: reference
+reference: data
+	$(PY) -m distill_utils reference $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ONLY),--only $(ONLY))
+	$(PY) -m distill_utils reference --readme
+
 bench: data
 	$(PY) bench/train_speed.py
 	$(PY) bench/kd_speed.py
