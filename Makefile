@@ -7,7 +7,7 @@ NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=900
 # two workers share the cores; each notebook stays whole on one (see conftest.py)
 XDIST  := -n 2
 
-.PHONY: setup data run test unit nbtest browser-test lab pretrained bench clean
+.PHONY: setup data run lint test unit nbtest browser-test lab pretrained bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,11 @@ data: $(STAMP)
 run: data
 	$(PY) -m distill_utils run $(if $(PARAMS),-f $(PARAMS))
 
-test: data
+# ruff: pycodestyle, pyflakes, import order, bugbear (rules in pyproject.toml); `ruff check --fix .` fixes most
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint data
 	$(PY) -m pytest tests/ notebooks/ $(NBVAL) $(XDIST)
 
 unit: $(STAMP)

@@ -74,7 +74,8 @@ def test_every_third_party_import_is_declared():
 
 def _run(cmd, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    command = " ".join(map(str, cmd))
+    assert proc.returncode == 0, f"{command} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
     return proc
 
 
@@ -114,7 +115,8 @@ def test_wheel_installs_into_a_fresh_venv_and_imports(tmp_path):
     _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel])
 
     check = ("import importlib, json, pkgutil, distill_utils\n"
-             "mods = sorted(['distill_utils'] + [m.name for m in pkgutil.walk_packages(distill_utils.__path__, 'distill_utils.')])\n"
+             "found = pkgutil.walk_packages(distill_utils.__path__, 'distill_utils.')\n"
+             "mods = sorted(['distill_utils'] + [m.name for m in found])\n"
              "for m in mods: importlib.import_module(m)\n"
              "print(json.dumps({'file': distill_utils.__file__, 'modules': mods}))\n")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
