@@ -39,7 +39,7 @@ nbtest: data
 
 # Notebook 02's explorer in JupyterLab + Debian's Chromium (apt-get install chromium), driven by Playwright.
 browser-test: data
-	$(PY) -m pytest tests/test_browser.py -v
+	$(PY) -m pytest tests/test_browser.py -v -s
 
 # JupyterLab refuses root without --allow-root; containers and many workshop VMs run as root.
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)

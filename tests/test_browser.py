@@ -30,16 +30,17 @@ RUN_TIMEOUT_S = 600  # all cells of notebook 02; about a minute on an idle 2-cor
 
 
 def _missing(what: str, fix: str):
+    message = f"{what} not found; {fix}"
     if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing in CI; {fix}")
-    pytest.skip(f"{what} not found; {fix} (or run in CI, where it is required)")
+        pytest.fail(message + " (CI must run this test)")
+    pytest.skip(message)
 
 
 @pytest.fixture
 def chromium_path():
     path = shutil.which("chromium")
     if path is None:
-        _missing("the chromium browser", "install Debian's: `sudo apt-get install chromium`")
+        _missing("chromium", "install Debian's: `sudo apt-get install chromium`")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -208,7 +209,7 @@ def _settled_new_image(explorer, old: str) -> str:
     pytest.fail("the explorer kept redrawing for 120 s after one change")
 
 
-def test_temperature_explorer_in_chromium(lab, page, tmp_path):
+def test_temperature_explorer_in_chromium(chromium_path, lab, page, tmp_path):
     base, token, work = lab
     shots = tmp_path / "screenshots"
     shots.mkdir()
