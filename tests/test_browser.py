@@ -73,13 +73,17 @@ def _stop(proc: subprocess.Popen) -> None:
 def lab(tmp_path):
     """JupyterLab on 127.0.0.1 (random free port, random token), serving a copy of notebook 02.
 
-    The copy sits in tmp/notebooks/ beside a link tmp/data -> the repository's data/, so the
+    The copy, its saved outputs removed, sits in tmp/notebooks/ beside a link tmp/data -> the repository's data/, so the
     notebook's `../data` finds the dataset and its `../runs/dev` writes into tmp. Jupyter's config,
     runtime and settings live in tmp too. Yields ``(base_url, token, workdir)``.
     """
     work = tmp_path / "work"
     (work / "notebooks").mkdir(parents=True)
-    shutil.copy(ROOT / "notebooks" / NOTEBOOK, work / "notebooks" / NOTEBOOK)
+    nb = json.loads((ROOT / "notebooks" / NOTEBOOK).read_text())
+    for cell in nb["cells"]:  # start clean, so every output and count seen comes from this run
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    (work / "notebooks" / NOTEBOOK).write_text(json.dumps(nb))
     (work / "data").symlink_to(ROOT / "data", target_is_directory=True)
     jupyter = tmp_path / "jupyter"
     settings = jupyter / "config" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
@@ -215,7 +219,9 @@ def test_temperature_explorer_in_chromium(chromium_path, lab, page, tmp_path):
     shots.mkdir()
     page.goto(f"{base}/lab/tree/notebooks/{NOTEBOOK}?token={token}")
 
+    started = time.monotonic()
     state = _run_all(page)
+    ran_s = time.monotonic() - started
     assert not _errors(state), "cells failed in the browser:\n" + "\n".join(_errors(state))
     assert len(state["cells"]) >= 3 and all(c["count"] for c in state["cells"]), state
 
@@ -257,4 +263,5 @@ def test_temperature_explorer_in_chromium(chromium_path, lab, page, tmp_path):
     stderr = explorer.locator('[data-mime-type="application/vnd.jupyter.stderr"]')
     assert stderr.count() == 0, f"the explorer printed an error: {stderr.all_inner_texts()}"
     assert sorted(p.name for p in shots.iterdir()) == ["after_dropdown.png", "after_slider.png", "before.png"]
-    print(f"slider {before_value} -> {after_value}; dropdown -> {options[1]!r}; screenshots in {shots}")
+    print(f"all cells ran in {ran_s:.0f} s; slider {before_value} -> {after_value}; image -> {options[1]}; "
+          f"screenshots in {shots}")
