@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from distill_utils import data, deploy, measure, train
+from distill_utils import data, deploy, measure
 from distill_utils.checkpoints import load_checkpoint, load_pretrained
 
 ORT_VARIANTS = {  # name -> quantize_int8 keyword arguments (None: the fp32 export itself)
@@ -101,7 +101,8 @@ def main():
     print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {args.threads} threads; "
           f"{args.rounds} interleaved rounds, each the median of {args.repeats * 5} (batch 1) / {args.repeats} "
           f"(batch 256) runs; speed-up = median over rounds of the reference's time / this time")
-    print(f"{'variant':52} {'accuracy':>8} {'ms @1':>7} {'x @1':>6} {'ms @256':>8} {'x @256':>7} {'bytes':>10} {'x smaller':>9}")
+    print(f"{'variant':52} {'accuracy':>8} {'ms @1':>7} {'x @1':>6} {'ms @256':>8} {'x @256':>7} "
+          f"{'bytes':>10} {'x smaller':>9}")
     for name, r in rows.items():
         speed = {b: statistics.median(t0 / t for t0, t in zip(times[ref][b], times[name][b])) for b in (1, 256)}
         print(f"{name:52} {100 * r['acc']:7.2f}% {statistics.median(times[name][1]):7.3f} {speed[1]:5.2f}x "

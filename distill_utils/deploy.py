@@ -33,7 +33,8 @@ import torch
 
 from . import __version__, lineage
 from ._io import atomic_write_bytes
-from .checkpoints import lineage_chain as checkpoint_chain, signing_key
+from .checkpoints import lineage_chain as checkpoint_chain
+from .checkpoints import signing_key
 from .models import model_spec
 
 __all__ = ["DeployError", "export_onnx", "quantize_int8", "evaluate_onnx", "predict_onnx", "latency_onnx",
@@ -357,8 +358,14 @@ def quantize_int8(onnx_path, out_path, calibration=None, method: str = "static",
     Writes ``out_path`` atomically with its lineage (the fp32 file as parent). Returns it.
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_dynamic,
+        quantize_static,
+    )
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if method not in ("static", "dynamic"):
         raise DeployError(f"method must be 'static' or 'dynamic', got {method!r}")
@@ -436,6 +443,7 @@ def quantize_torch_int8(model, calibration, images: int = 512):
     path's rival in notebook 09. Static, per-channel weights, calibrated like ``quantize_int8``.
     Returns a new CPU model (fp32 in, fp32 logits out)."""
     import warnings
+
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
     x = _calibration_images(calibration, images, ["batch", *_example(model, None).shape[1:]], type(model).__name__)

@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import helper, TensorProto
+from onnx import TensorProto, helper
 
 from distill_utils import deploy, models
 from distill_utils.__main__ import main as cli
@@ -183,7 +183,8 @@ def test_wrong_calibration_shape_is_a_clear_error(tmp_path):
     out = tmp_path / "q.onnx"
     out.write_bytes(b"old")
     cifar_like = Split(torch.randn(64, 3, 32, 32), torch.zeros(64, dtype=torch.long))
-    with pytest.raises(DeployError, match=r"calibration images of shape \(64, 3, 32, 32\) do not fit .* \(batch, 1, 28, 28\)"):
+    shape = r"calibration images of shape \(64, 3, 32, 32\) do not fit .* \(batch, 1, 28, 28\)"
+    with pytest.raises(DeployError, match=shape):
         deploy.quantize_int8(fp32, out, cifar_like)
     with pytest.raises(DeployError, match="images=512 calibration images asked for, the split has 10"):
         deploy.quantize_int8(fp32, out, torch.randn(10, 1, 28, 28))
