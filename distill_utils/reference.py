@@ -28,9 +28,10 @@ __all__ = ["REFERENCE_DIR", "MISSING", "load", "per_seed", "describe", "run_refe
 REFERENCE_DIR = REPO / "data" / "reference"
 FULL = REPO / "params" / "full.yaml"
 MISSING = ("No full-size reference record for `{notebook}` exists yet. `python -m distill_utils reference "
-           "--only {notebook}` makes one per seed (hours on a laptop CPU); until then only this run's numbers are shown.")
-MARK_START, MARK_END = "<!-- reference table: start (python -m distill_utils reference --readme) -->", \
-    "<!-- reference table: end -->"
+           "--only {notebook}` makes one per seed (hours on a laptop CPU); until then only this run's numbers "
+           "are shown.")
+MARK_START = "<!-- reference table: start (python -m distill_utils reference --readme) -->"
+MARK_END = "<!-- reference table: end -->"
 
 
 def load(notebook: str, folder=None) -> dict | None:
@@ -78,6 +79,7 @@ def _parameters_for_seed(declared: set, seed: int) -> dict:
 def run_reference(notebooks=("03", "04"), seeds=(0, 1, 2), folder=None, work=None, params_file=None) -> dict:
     """Run each notebook at full size once per missing seed; returns {notebook: record}."""
     import yaml
+
     from .experiments import declared_parameters, parameters_for
     folder, work = Path(folder or REFERENCE_DIR), Path(work or REPO / "runs" / "reference")
     params_file = Path(params_file or FULL)
@@ -85,8 +87,8 @@ def run_reference(notebooks=("03", "04"), seeds=(0, 1, 2), folder=None, work=Non
     done = {}
     for nb in resolve_notebooks(list(notebooks)):
         stem = nb.stem
-        record = load(stem, folder) or {"notebook": stem, "params_file": params_file.name if params_file.parent.name != "params"
-                                        else f"params/{params_file.name}", "parameters": {}, "seeds": {}}
+        shown = f"params/{params_file.name}" if params_file.parent.name == "params" else params_file.name
+        record = load(stem, folder) or {"notebook": stem, "params_file": shown, "parameters": {}, "seeds": {}}
         declared = set(declared_parameters(nb))
         for seed in seeds:
             if str(seed) in record["seeds"]:
@@ -98,7 +100,8 @@ def run_reference(notebooks=("03", "04"), seeds=(0, 1, 2), folder=None, work=Non
             run = read_record(record_path(out, nb.name)) or {}
             params = {k: v for k, v in run.get("parameters", {}).items() if k not in ("out_dir", "data_root", "seed")}
             record["parameters"] = {k: v for k, v in params.items() if k not in ("few_seeds", "seeds")}
-            record["seeds"][str(seed)] = {"metrics": run.get("metrics", {}), "wall_s": round(time.perf_counter() - start, 1),
+            record["seeds"][str(seed)] = {"metrics": run.get("metrics", {}),
+                                          "wall_s": round(time.perf_counter() - start, 1),
                                           "versions": {k: v for k, v in run.get("versions", {}).items() if k != "host"},
                                           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,98 @@
+"""Reference records: the README's table is generated from data/reference/, runs are resumable."""
+import json
+
+import pytest
+
+from distill_utils import reference
+from distill_utils.experiments import REPO
+
+
+def write_record(folder, seeds):
+    record = {"notebook": "03_knowledge_distillation", "params_file": "params/full.yaml",
+              "parameters": {"student_name": "student_cnn", "student_width": 1.0, "T": 4.0, "alpha": 0.9,
+                             "epochs": 15, "augment": True, "train_subset": 0, "few_labels": 3000, "few_epochs": 15},
+              "seeds": {str(s): {"metrics": {"teacher_acc": 0.9302, "scratch_test_acc": sc, "distilled_test_acc": kd,
+                                             "few_scratch": {str(s): fs}, "few_distilled": {str(s): fk}},
+                                 "wall_s": 100.0, "versions": {"torch": "x"}, "finished": "t"}
+                        for s, (sc, kd, fs, fk) in seeds.items()}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "03_knowledge_distillation.json").write_text(json.dumps(record))
+    return record
+
+
+def test_per_seed_reads_plain_and_nested_metrics(tmp_path):
+    record = write_record(tmp_path, {0: (0.90, 0.91, 0.85, 0.86), 1: (0.91, 0.915, 0.84, 0.86)})
+    assert reference.per_seed(record, "scratch_test_acc") == {0: 0.90, 1: 0.91}
+    assert reference.per_seed(record, "few_distilled") == {0: 0.86, 1: 0.86}
+    assert reference.per_seed(record, "absent") == {}
+    assert reference.describe(record) == "params/full.yaml, 2 seeds (0, 1)"
+
+
+def test_table_rows_come_from_the_records(tmp_path):
+    write_record(tmp_path, {0: (0.900, 0.910, 0.850, 0.862), 1: (0.902, 0.913, 0.848, 0.860),
+                            2: (0.901, 0.911, 0.852, 0.863)})
+    table = reference.readme_table(tmp_path)
+    lines = table.splitlines()
+    assert lines[0].startswith("Fashion-MNIST, `student_cnn` (width 1.0), T=4.0, alpha=0.9, params/full.yaml, 3 seeds")
+    full = next(line for line in lines if line.startswith("| all 60,000 labels, 15 epochs, crop + flip |"))
+    # scratch 90.10 ± 0.10, distilled 91.13 ± 0.15; differences 1.0, 1.1, 1.0: 1.03 ± 0.06 of a 2.92-point gap: 35%
+    assert "| 93.02% | 90.10 ± 0.10% | 91.13 ± 0.15% | 35% |" in full
+    assert full.endswith("KD beats scratch by 1.03 ± 0.06 points (3 seeds, every seed) |")
+    few = next(line for line in lines if line.startswith("| 3000 labels, 15 epochs |"))
+    assert "85.00 ± 0.20%" in few and "86.17 ± 0.15%" in few
+
+
+def test_missing_records_say_how_to_make_them(tmp_path):
+    assert reference.load("03_knowledge_distillation", tmp_path) is None
+    assert "python -m distill_utils reference --only 03" in reference.readme_table(tmp_path)
+    (tmp_path / "03_knowledge_distillation.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable.*delete it and rerun"):
+        reference.load("03_knowledge_distillation", tmp_path)
+
+
+def test_update_readme_rewrites_only_between_the_markers(tmp_path):
+    write_record(tmp_path / "ref", {0: (0.9, 0.91, 0.85, 0.86)})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{reference.MARK_START}\nold table\n{reference.MARK_END}\nafter\n")
+    assert reference.update_readme(readme, tmp_path / "ref") is True
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{reference.MARK_END}\nafter\n") and "old table" not in text
+    assert "too few seeds to conclude" in text  # one seed: no verdict
+    assert reference.update_readme(readme, tmp_path / "ref") is False  # idempotent
+    readme.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="no reference table markers"):
+        reference.update_readme(readme, tmp_path / "ref")
+
+
+def test_runs_are_resumable_and_one_seed_at_a_time(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_sequence(notebooks, out, params):
+        calls.append(params)
+        out.mkdir(parents=True)
+        seed = params["seed"]
+        (out / "03_knowledge_distillation.record.json").write_text(json.dumps(
+            {"parameters": {**params, "out_dir": str(out)}, "versions": {"torch": "x", "host": "h"},
+             "metrics": {"teacher_acc": 0.93, "scratch_test_acc": 0.90 + seed / 1000, "distilled_test_acc": 0.91,
+                         "few_scratch": {str(seed): 0.85}, "few_distilled": {str(seed): 0.86}}}))
+        return out
+
+    monkeypatch.setattr(reference, "run_sequence", fake_run_sequence)
+    reference.run_reference(["03"], [0, 1], folder=tmp_path / "ref", work=tmp_path / "work")
+    assert [c["seed"] for c in calls] == [0, 1] and all(c["few_seeds"] == [c["seed"]] for c in calls)
+    assert calls[0]["epochs"] == 15 and calls[0]["augment"] is True  # params/full.yaml's section for notebook 03
+    reference.run_reference(["03"], [0, 1, 2], folder=tmp_path / "ref", work=tmp_path / "work")
+    assert [c["seed"] for c in calls] == [0, 1, 2]  # seeds 0 and 1 were skipped
+    record = reference.load("03_knowledge_distillation", tmp_path / "ref")
+    assert sorted(record["seeds"]) == ["0", "1", "2"]
+    assert "host" not in record["seeds"]["0"]["versions"] and "seed" not in record["parameters"]
+    assert reference.per_seed(record, "scratch_test_acc") == {0: 0.90, 1: 0.901, 2: 0.902}
+    assert len((tmp_path / "ref" / "03_knowledge_distillation.json").read_bytes()) < 10_000  # compact
+
+
+def test_readme_table_matches_the_committed_records():
+    text = (REPO / "README.md").read_text()
+    assert reference.MARK_START in text and reference.MARK_END in text, "README lost its reference table markers"
+    shown = text.split(reference.MARK_START, 1)[1].split(reference.MARK_END, 1)[0].strip()
+    assert shown == reference.readme_table().strip(), \
+        "README's reference table differs from data/reference/: run python -m distill_utils reference --readme"
