@@ -151,6 +151,31 @@ def cmd_reference(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    """An Optuna study over compression settings (params/search.yaml); the same command continues it."""
+    from .checkpoints import CheckpointError
+    from .data import DataError
+    from .report import write_report
+    from .search import search
+    out = args.out or f"runs/search-{Path(args.space).stem}"
+    try:
+        df = search(args.space, args.trials, out, args.workers, args.scheduler, args.storage, args.study)
+    except (ValueError, FileNotFoundError, DataError, CheckpointError) as err:  # SpaceError is a ValueError
+        print(f"FAIL: {err}", file=sys.stderr)
+        return 2
+    cost = df.attrs["config"]["cost"]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(df.state.value_counts().items()))
+    print(f"\n{len(df)} trials ({counts}) in {df.attrs['out']}")
+    front = df[df.pareto].sort_values(cost)
+    if not len(front):
+        print("FAIL: no trial finished; see the notes above", file=sys.stderr)
+        return 1
+    print(f"Pareto front (validation accuracy vs {cost}):\n" + front.drop(columns=["pareto", "state"]).to_string(index=False))
+    html, _ = write_report(df.attrs["out"])
+    print(f"report: {html}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill_utils")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +219,16 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", help="notebooks (names or number prefixes; default 03 04)")
     p.add_argument("--readme", action="store_true", help="rewrite the README's result table from the records, run nothing")
     p.set_defaults(func=cmd_reference)
+    p = sub.add_parser("search", help="Optuna search of compression settings (accuracy vs cost); rerun to continue")
+    p.add_argument("--space", default="params/search.yaml", help="the search space (default params/search.yaml)")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should have in all")
+    p.add_argument("--out", help="study folder (default runs/search-<space>); the same folder continues the study")
+    p.add_argument("--workers", type=int, default=1, help="worker processes here, or Dask tasks with --scheduler")
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port); workers share the storage")
+    p.add_argument("--storage", help="Optuna storage URL shared by several machines (e.g. postgresql://...); "
+                                     "default: the journal file <out>/study.journal")
+    p.add_argument("--study", help="study name in a shared storage (default: the --out folder's name)")
+    p.set_defaults(func=cmd_search)
     args = parser.parse_args(argv)
     return args.func(args)
 

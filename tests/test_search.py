@@ -1,0 +1,178 @@
+"""The compression search: space validation, resuming a killed study, failing trials, Dask, records."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from conftest import make_idx_dataset
+from distill_utils import __main__ as cli
+from distill_utils import search as S
+from distill_utils.experiments import REPO, collect, read_record
+from distill_utils.report import write_report
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny fake dataset and a tiny untrained teacher; the space of a study on them."""
+    from distill_utils.checkpoints import save_checkpoint
+    from distill_utils.models import build_model
+    root = tmp_path_factory.mktemp("tiny")
+    make_idx_dataset(root / "FashionMNIST" / "raw", n_train=60, n_test=20)
+    teacher = save_checkpoint(build_model("teacher_cnn", width=0.125), root / "teacher.safetensors")
+    space = {"data_root": str(root), "teacher": str(teacher), "val_images": 20, "batch_size": 20, "population": 2,
+             "latency_batch": 4, "latency_repeats": 1,
+             "space": {"model": ["student_cnn", "pruned_teacher"], "student_width": {"low": 0.25, "high": 0.5},
+                       "prune_ratios": {"low": 0.1, "high": 0.6}, "T": {"low": 1.0, "high": 4.0, "log": True},
+                       "alpha": {"low": 0.1, "high": 0.9}, "loss": ["kd", "dkd"], "epochs": 1}}
+    file = root / "space.yaml"
+    file.write_text(yaml.safe_dump(space))
+    return file
+
+
+def states(df) -> dict:
+    return df.state.value_counts().to_dict()
+
+
+def test_the_project_space_file_is_valid():
+    config = S.load_space(REPO / "params" / "search.yaml")
+    assert config["cost"] == "params" and config["space"]["epochs"] == {"low": 1, "high": 5}
+    assert list(config)[-1] == "space" and set(config) == {*S.SETTINGS, "space"}
+
+
+def test_space_errors_name_every_problem_in_one_message(tmp_path):
+    bad = {"tarin_images": 10, "cost": "speed", "seed": "zero",
+           "space": {"temperture": {"low": 1, "high": 2}, "T": {"low": 8.0, "high": 1.0},
+                     "alpha": {"low": 0.0, "high": 1.5}, "epochs": {"low": 1.5, "high": 3}, "loss": ["kd", "kld"],
+                     "model": {"low": 1, "high": 2}, "lr": {"low": 0.001, "hi": 0.01}}}
+    with pytest.raises(S.SpaceError) as err:
+        S.load_space(bad)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "bad search space (the search space):" and "params/search.yaml" in lines[-1]
+    text = str(err.value)
+    for expected in ["tarin_images: unknown setting; did you mean 'train_images'?",
+                     "cost = 'speed' must be one of params, flops, latency_ms",
+                     "seed = 'zero' must be int, got 'zero'",
+                     "space.temperture: unknown name; searchable names are: model,",
+                     "space.T: low = 8.0 is greater than high = 1.0; swap them",
+                     "space.alpha.high = 1.5 must be >= 0 and <= 1 (the weight of the distillation term)",
+                     "space.epochs.low = 1.5 must be an integer, got 1.5",
+                     "space.loss = 'kld' must be one of dkd, kd",
+                     "space.model: a range makes no sense for names",
+                     "space.lr.hi: unknown key; did you mean 'high'?"]:
+        assert expected in text, expected
+    assert len(lines) == 12  # a title, one line per problem, the fix
+    with pytest.raises(S.SpaceError, match="give prune_ratio .* or prune_ratios .*, not both"):
+        S.load_space({"space": {"prune_ratio": 0.5, "prune_ratios": 0.5}})
+    with pytest.raises(S.SpaceError, match="a log range needs low > 0"):
+        S.load_space({"space": {"alpha": {"low": 0.0, "high": 1.0, "log": True}}})
+    (tmp_path / "s.yaml").write_text("space: [1, 2")
+    with pytest.raises(S.SpaceError, match="cannot read the search space"):
+        S.load_space(tmp_path / "s.yaml")
+    assert cli.main(["search", "--space", str(tmp_path / "s.yaml"), "--trials", "1", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_complete_choice_fills_fixed_values_and_per_layer_ratios():
+    config = S.load_space({"space": {"model": ["student_cnn", "pruned_teacher"], "T": 2.0, "prune_ratio": {"low": 0.1, "high": 0.5}}})
+    pruned = S.complete_choice({"model": "pruned_teacher", "prune_ratio": 0.3}, config)
+    assert pruned["prune_ratios"] == [0.3, 0.3, 0.3] and pruned["T"] == 2.0 and pruned["student_width"] is None
+    student = S.complete_choice({"model": "student_cnn", "student_width": 0.5}, config)
+    assert student["prune_ratios"] is None and student["student_width"] == 0.5 and student["alpha"] == 0.9
+    assert S.complete_choice({"model": "pruned_teacher", "prune_ratios": [0.1, 0.2, 0.3]}, config)["prune_ratios"] == [0.1, 0.2, 0.3]
+
+
+def test_stop_rule_and_pareto_front():
+    config = {"prune_when_beaten_by": 2, "prune_margin": 0.02}
+    done = lambda n, cost, curve: SimpleNamespace(number=n, state=SimpleNamespace(name="COMPLETE"),  # noqa: E731
+                                                  values=[curve[-1], cost], user_attrs={"val_acc_curve": curve})
+    trials = [done(0, 100, [0.80, 0.85]), done(1, 200, [0.81, 0.86]), done(2, 500, [0.90, 0.92])]
+    reason = S._stop_reason(trials, 200, 1, 0.70, config)
+    assert reason.startswith("stopped after epoch 1 (val_acc 0.7000): 2 finished trials") and "trials 0, 1" in reason
+    assert S._stop_reason(trials, 150, 1, 0.70, config) is None  # only one trial costs no more than 150
+    assert S._stop_reason(trials, 200, 1, 0.79, config) is None  # within the margin of both
+    assert S._stop_reason(trials, 200, 3, 0.10, config) is None  # nobody ran a third epoch
+    assert S._stop_reason(trials, 200, 1, 0.10, {**config, "prune_when_beaten_by": 0}) is None
+    assert S.pareto_mask([0.8, 0.9, 0.85, 0.9], [1, 2, 3, 2]) == [True, True, False, True]
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on_then_resumes(tiny, tmp_path, monkeypatch):
+    out, calls = tmp_path / "study", []
+    real = S.train_candidate
+
+    def sometimes_nan(choice, ctx, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise FloatingPointError("loss became nan at epoch 1, batch 1; training stopped.")
+        return real(choice, ctx, **kwargs)
+
+    monkeypatch.setattr(S, "train_candidate", sometimes_nan)
+    df = S.search(tiny, 4, out, progress=False)
+    assert states(df) == {"complete": 3, "fail": 1} and len(calls) == 4
+    failed = df[df.state == "fail"].iloc[0]
+    assert failed.note == "FloatingPointError: loss became nan at epoch 1, batch 1; training stopped."
+    records = collect(out)
+    assert sorted(records.run) == [f"trial-{i:04d}" for i in range(4)] and set(records.notebook) == {"search"}
+    assert records.set_index("run").loc[f"trial-{failed.trial:04d}", "error"] == failed.note
+    ok = records[records.status == "ok"]
+    assert ok["metric.val_acc"].between(0, 1).all() and (ok["metric.params"] > 0).all()
+    assert "param.T" in records and "param.model" in records and (out / "trial-0000" / "model.safetensors").exists()
+    html, md = write_report(out)
+    assert "4 runs: 1 failed, 3 ok" in md.read_text()
+    # the same search again: nothing left to do; more trials: only the new ones run
+    calls.clear()
+    assert len(S.search(tiny, 4, out, progress=False)) == 4 and calls == []
+    assert states(S.search(tiny, 5, out, progress=False)) == {"complete": 4, "fail": 1} and len(calls) == 1
+    # a folder made by another space is refused, with the difference
+    other = yaml.safe_load(tiny.read_text())
+    other["space"]["T"] = {"low": 1.0, "high": 8.0, "log": True}
+    with pytest.raises(S.SpaceError, match=r"holds a study of a different search space \(space\.T\.high: 4\.0 there, 8\.0 now\)"):
+        S.search(other, 5, out, progress=False)
+
+
+def test_resume_after_a_kill_never_reruns_finished_trials(tiny, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "distill_utils", "search", "--space", str(tiny), "--trials", "6", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        records = {p.parent.name: read_record(p) for p in out.glob("trial-*/search.record.json")}
+        statuses = [r["status"] for r in records.values() if r]
+        if statuses.count("ok") >= 2 and "running" in statuses:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=30) == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    before = {p.parent.name: p.read_text() for p in out.glob("trial-*/search.record.json")}
+    finished = {run for run, text in before.items() if json.loads(text)["status"] == "ok"}
+    killed = [run for run, text in before.items() if json.loads(text)["status"] == "running"]
+    assert len(killed) == 1 and len(finished) >= 2
+
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = {p.parent.name: p.read_text() for p in out.glob("trial-*/search.record.json")}
+    assert all(after[run] == before[run] for run in finished)  # finished trials untouched: not run again
+    assert json.loads(after[killed[0]])["status"] == "failed" and "queued again" in json.loads(after[killed[0]])["error"]
+    df = S.trials_table(out)
+    assert states(df) == {"complete": 6, "fail": 1} and "killed" in df[df.state == "fail"].note.iloc[0]
+    sampled = [c for c in df.columns if c in S.SPACE or c.startswith("prune_ratio_")]
+    killed_params = df[df.trial == int(killed[0].split("-")[1])][sampled].dropna(axis=1).iloc[0]
+    same = df[(df.state == "complete") & (df[killed_params.index] == killed_params).all(axis=1)]
+    assert len(same) == 1  # the killed trial's parameters ran once more, to the end
+    assert "Pareto front (validation accuracy vs params)" in result.stdout
+
+
+def test_dask_local_cluster_workers_share_the_study(tiny, tmp_path):
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        df = S.search(tiny, 4, tmp_path / "dask", scheduler=client, progress=False)
+    assert 4 <= (df.state == "complete").sum() <= 5  # two workers may each start a last trial
+    records = collect(tmp_path / "dask")
+    assert (records.status == "ok").all() and records.run.is_unique and len(records) == len(df)
+    workers = set(df.worker)
+    assert 1 <= len(workers) <= 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)  # run by Dask's processes
