@@ -236,24 +236,27 @@ def test_temperature_explorer_in_chromium(chromium_path, lab, page, tmp_path):
     assert before_src.startswith("data:image/"), before_src[:60]
     page.screenshot(path=shots / "before.png", full_page=False)
 
-    # drag the slider's handle to the right: the readout rises and the plot is replaced
-    handle = slider.locator(".noUi-handle")
-    box = handle.bounding_box()
+    # drag the slider's handle to one end of its track: the readout moves and the plot is replaced
+    handle, track = slider.locator(".noUi-handle"), slider.locator(".noUi-target")
+    box, line = handle.bounding_box(), track.bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    right = x < line["x"] + line["width"] * 0.75  # towards higher T unless it is already near the top
     page.mouse.move(x, y)
     page.mouse.down()
-    page.mouse.move(x + 220, y, steps=12)
+    page.mouse.move(line["x"] + line["width"] + 20 if right else line["x"] - 20, y, steps=12)
     page.mouse.up()
     slid_src = _settled_new_image(explorer, before_src)
     after_value = readout.inner_text().strip()
-    assert float(after_value) > float(before_value), f"slider readout went {before_value} -> {after_value}"
+    moved = float(after_value) > float(before_value) if right else float(after_value) < float(before_value)
+    assert moved, f"dragged {'right' if right else 'left'}, the slider's readout went {before_value} -> {after_value}"
     page.screenshot(path=shots / "after_slider.png", full_page=False)
 
     # pick another image in the dropdown: the plot is replaced again
     select = dropdown.locator("select")
     options = select.locator("option").all_inner_texts()
     assert len(options) > 1, options
-    select.select_option(index=1)
+    other = (select.evaluate("el => el.selectedIndex") + 1) % len(options)
+    select.select_option(index=other)
     picked_src = _settled_new_image(explorer, slid_src)
     assert picked_src not in (before_src, slid_src)
     page.screenshot(path=shots / "after_dropdown.png", full_page=False)
@@ -263,5 +266,5 @@ def test_temperature_explorer_in_chromium(chromium_path, lab, page, tmp_path):
     stderr = explorer.locator('[data-mime-type="application/vnd.jupyter.stderr"]')
     assert stderr.count() == 0, f"the explorer printed an error: {stderr.all_inner_texts()}"
     assert sorted(p.name for p in shots.iterdir()) == ["after_dropdown.png", "after_slider.png", "before.png"]
-    print(f"all cells ran in {ran_s:.0f} s; slider {before_value} -> {after_value}; image -> {options[1]}; "
+    print(f"all cells ran in {ran_s:.0f} s; slider {before_value} -> {after_value}; image -> {options[other]}; "
           f"screenshots in {shots}")
