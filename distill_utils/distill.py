@@ -12,12 +12,14 @@ over the batch; the ``T**2`` keeps its gradients the same size whatever ``T`` is
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import lineage
-from .train import choose_device, fit
+from .train import autocast, choose_device, fast_layout, fingerprint, fit, resolve_precision
 
 __all__ = ["kd_loss", "dkd_loss", "HintLoss", "attention_loss", "LOSSES", "distill", "teacher_outputs"]
 
@@ -110,24 +112,37 @@ FEATURE_LOSSES = ("hint", "attention")
 
 
 @torch.no_grad()  # not inference_mode: these tensors become loss targets that autograd saves
-def teacher_outputs(teacher, split, layer: int | None = None, batch_size: int = 256, device=None):
+def teacher_outputs(teacher, split, layer: int | None = None, batch_size: int = 512, device=None,
+                    precision: str = "auto"):
     """The teacher's logits (N, classes) for every example of ``split`` in order, and, when
-    ``layer`` is given, its feature map of that block; both on ``device`` (notebook 03)."""
-    teacher.eval()
+    ``layer`` is given, its feature map of that block; both float32 on ``device`` (notebook 03).
+    ``precision`` as in ``fit``: the teacher runs under bf16 autocast where the hardware has it."""
+    device = choose_device(device)
+    fast_layout(teacher, device).eval()
+    channels_last = next(teacher.parameters()).is_contiguous(memory_format=torch.channels_last)
+    precision = resolve_precision(precision, device)
     logits, feats = [], []
     for x, _ in split.batches(batch_size):
-        x = x.to(device).contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x.to(device)
-        out, maps = teacher(x, return_features=True)
-        logits.append(out)
+        x = x.to(device)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+        with autocast(precision, device):
+            out, maps = teacher(x, return_features=True)
+        logits.append(out.float())
         if layer is not None:
-            feats.append(maps[layer].contiguous())
+            feats.append(maps[layer].float().contiguous())
     return torch.cat(logits), (torch.cat(feats) if layer is not None else None)
+
+
+def _identity(teacher) -> dict:
+    """The teacher's checkpoint (SHA-256 and path) if it is one unchanged, else a fingerprint of its weights."""
+    return lineage.origin(teacher) or {"weights": fingerprint(*teacher.state_dict().values())}
 
 
 def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float = 4.0,
             alpha: float = 0.9, feature: str | None = None, feature_weight: float = 1.0,
             student_layer: int = -1, teacher_layer: int = -1, augment: bool = False,
-            cache: bool = True, loss_kwargs: dict | None = None, device=None, **fit_kwargs) -> list[dict]:
+            cache: bool = True, loss_kwargs: dict | None = None, device=None, precision: str = "auto",
+            **fit_kwargs) -> list[dict]:
     """Train ``student`` on ``data`` to match ``teacher``; returns ``fit``'s history (notebook 03).
 
     ``loss`` names a logit loss in ``LOSSES`` (``"kd"``, ``"dkd"``) called with ``T``, ``alpha``
@@ -136,16 +151,22 @@ def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float 
     with the student) or ``"attention"`` (attention transfer). Without ``augment`` the
     teacher's outputs are computed once and reused every epoch (``cache``); with it the teacher
     sees each augmented batch, exactly like the student. A cached feature map is kept for every
-    training image (teacher block 1 on 60k images: 750 MB), logits are small. Other arguments
-    go to ``fit``.
+    training image (teacher block 1 on 60k images: 750 MB), logits are small. ``precision``
+    and the other arguments go to ``fit``; the distillation settings and the teacher's hash
+    go into the lineage and into what a resumed run must match.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown distillation loss {loss!r}; choose one of {sorted(LOSSES)}")
     if feature not in (None, *FEATURE_LOSSES):
         raise ValueError(f"unknown feature loss {feature!r}; choose None or one of {FEATURE_LOSSES}")
+    if not 0 < T < math.inf:
+        raise ValueError(f"temperature T must be a finite number > 0, got {T}; typical values are 1 to 8")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1] (the weight of the distillation term), got {alpha}")
     logit_loss, kwargs = LOSSES[loss], dict(loss_kwargs or {})
     device = choose_device(device)
-    teacher.to(device, memory_format=torch.channels_last).eval()
+    precision = resolve_precision(precision, device)
+    fast_layout(teacher, device).eval()
     train_split = getattr(data, "train", data)
     layer = teacher_layer if feature else None
     params, feat_loss = list(student.parameters()), None
@@ -163,24 +184,27 @@ def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float 
                 raise ValueError("attention transfer needs feature maps (N, C, H, W) from both models; "
                                  "choose conv blocks with student_layer / teacher_layer")
             feat_loss = attention_loss
-    cached = teacher_outputs(teacher, train_split, layer, device=device) if cache and not augment else None
+    cached = (teacher_outputs(teacher, train_split, layer, device=device, precision=precision)
+              if cache and not augment else None)
 
-    def step(model, x, y, index):
+    def step(model, x, y, index):  # runs under fit's autocast; the losses are computed in float32
         if cached is not None:
             t_logits = cached[0][index]
             t_feat = cached[1][index] if feature else None
         else:
             with torch.no_grad():
                 t_logits, t_maps = teacher(x, return_features=True)
-            t_feat = t_maps[teacher_layer] if feature else None
+            t_logits, t_feat = t_logits.float(), (t_maps[teacher_layer].float() if feature else None)
         s_logits, s_maps = model(x, return_features=True)
-        total = logit_loss(s_logits, t_logits, y, T=T, alpha=alpha, **kwargs)
-        if feature:
-            total = total + feature_weight * feat_loss(s_maps[student_layer], t_feat)
+        s_logits = s_logits.float()
+        with torch.autocast(device.type, enabled=False):
+            total = logit_loss(s_logits, t_logits, y, T=T, alpha=alpha, **kwargs)
+            if feature:
+                total = total + feature_weight * feat_loss(s_maps[student_layer].float(), t_feat)
         return total, s_logits
 
-    history = fit(student, data, epochs=epochs, augment=augment, step=step, params=params,
-                  device=device, **fit_kwargs)
-    details = dict(op="distill", loss=loss, T=T, alpha=alpha, feature=feature, teacher=lineage.origin(teacher) or "an unsaved model")
-    lineage.get(student)["steps"][-1].update({k: v for k, v in details.items() if v is not None})  # fit noted the training
-    return history
+    details = dict(op="distill", loss=loss, T=T, alpha=alpha, feature=feature, teacher=_identity(teacher),
+                   feature_weight=feature_weight if feature else None,
+                   layers=[student_layer, teacher_layer] if feature else None, loss_kwargs=kwargs or None)
+    return fit(student, data, epochs=epochs, augment=augment, step=step, params=params, device=device,
+               precision=precision, details={k: v for k, v in details.items() if v is not None}, **fit_kwargs)

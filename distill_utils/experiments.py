@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 SEQUENCE = ("00_setup.ipynb", "01_teacher_training.ipynb", "02_soft_targets_and_temperature.ipynb",
             "03_knowledge_distillation.ipynb", "04_feature_distillation.ipynb",
-            "05_magnitude_pruning.ipynb", "06_channel_pruning.ipynb", "07_prune_and_distill.ipynb")
+            "05_magnitude_pruning.ipynb", "06_channel_pruning.ipynb", "07_prune_and_distill.ipynb",
+            "09_quantize_and_deploy.ipynb")
 RECORD = ".record.json"
 
 __all__ = ["start_run", "Run", "parameters_for", "record_path", "read_record", "mark_failed", "collect", "run_sequence",

@@ -157,7 +157,7 @@ def test_cached_teacher_gives_the_same_training():
 def test_teacher_outputs_in_order():
     data = tiny_dataset(20)
     teacher, _ = make_pair()
-    out, feats = teacher_outputs(teacher, data.train, layer=1, batch_size=7)
+    out, feats = teacher_outputs(teacher, data.train, layer=1, batch_size=7, precision="fp32")
     with torch.no_grad():
         ref, maps = teacher(data.train.x, return_features=True)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
@@ -203,7 +203,7 @@ def test_feature_probe_leaves_batchnorm_statistics_alone():
     teacher, student = make_pair()
     before = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
     distill(student, teacher, data, epochs=1, feature="hint", student_layer=1, teacher_layer=1,
-            batch_size=32, progress=False, device="cpu", lr=1e-12)  # lr ~ 0: only BN statistics change
+            batch_size=32, progress=False, device="cpu", lr=1e-12, precision="fp32")  # lr ~ 0: only BN statistics change
     one_batch = build_model("student_cnn", width=0.5)
     one_batch.load_state_dict({**student.state_dict(), **before})
     one_batch.train()

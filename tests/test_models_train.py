@@ -78,7 +78,7 @@ def test_fit_on_a_split_and_predict_order():
     model = build_model("student_mlp")
     history = fit(model, data.train, epochs=1, progress=False, device="cpu")
     assert "test_acc" not in history[0]
-    logits = predict(model, data.test, batch_size=7)
+    logits = predict(model, data.test, batch_size=7, precision="fp32")
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(logits, model(data.test.x))
@@ -125,9 +125,17 @@ def test_fast_layout_changes_layout_not_outputs():
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         before = model(x)
-        assert fast_layout(model) is model
-        assert model.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert fast_layout(model, channels_last=True) is model
+        assert model.features[1][0].weight.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_layout_chooses_channels_last_for_wide_convolutions_only():
+    def layout(name):
+        model = fast_layout(build_model(name))
+        return model.features[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert layout("teacher_cnn")  # 32-64-128 channels
+    assert not layout("student_cnn")  # 8-16-32 channels: NCHW
 
 
 def test_model_trains_after_evaluate():
