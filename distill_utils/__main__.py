@@ -3,33 +3,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import yaml
+
+def fail(message, code: int = 1) -> int:
+    """Print one line (``FAIL: ...``) to stderr and return the exit code."""
+    print("FAIL: " + " ".join(str(message).split()), file=sys.stderr)
+    return code
 
 
 def cmd_data(args) -> int:
     from .data import DataError, load_dataset
     try:
         ds = load_dataset(args.name, root=args.root, download=args.download)
-    except DataError as err:
-        print(f"FAIL: {err}", file=sys.stderr)
-        return 1
+    except (DataError, ValueError) as err:
+        return fail(err)
     print(f"OK: {ds}")
     return 0
 
 
-def _files(paths) -> dict:
-    """The merged contents of YAML parameter files."""
+def _files(paths, notebooks=()) -> dict:
+    """The merged contents of YAML parameter files, every name checked against the notebooks'."""
+    from .experiments import check_parameter_names
+    from .params import read_parameter_file
     params = {}
     for f in paths or []:
-        try:
-            params.update(yaml.safe_load(open(f)) or {})
-        except (OSError, yaml.YAMLError) as err:
-            raise ValueError(f"cannot read parameter file {f}: {err}") from None
+        values = read_parameter_file(f)
+        check_parameter_names(values, notebooks, f"parameter file {f}")
+        params.update(values)
     return params
 
 
@@ -37,43 +42,62 @@ def _final_table(out) -> None:
     from .experiments import collect
     df = collect(out)
     print(df[["notebook", "status", "wall_s", "main_metric"]].to_string(index=False))
-    final = df[(df.notebook == "07_prune_and_distill") & (df.status == "ok")]
-    if len(final) and "metric.final_table" in final:
+    from .report import _final_rows
+    rows = _final_rows(df[(df.notebook == "07_prune_and_distill") & (df.status == "ok")])
+    if rows:
         import pandas as pd
-        print("\nfinal comparison:\n" + pd.DataFrame(json.loads(final["metric.final_table"].iloc[0])).to_string(index=False))
+        print("\nfinal comparison:\n" + pd.DataFrame(rows).to_string(index=False))
 
 
 def cmd_run(args) -> int:
-    from .experiments import papermill_error, run_sequence
+    from .experiments import NotebookFailed, resolve_notebooks, run_sequence
+    from .params import parse_value
     from .report import write_report
     start, failed = time.perf_counter(), None
     try:
-        params = {**_files(args.file), **{k: yaml.safe_load(v) for k, v in args.param or []}}
-        out = run_sequence(args.notebooks, args.out, params, strict=[k for k, _ in args.param or []])
-    except ValueError as err:  # an unreadable parameter file or an unknown parameter name
-        print(f"FAIL: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # a notebook failed: its executed copy and failed record are kept
-        failed, out = papermill_error(err), Path(getattr(err, "out_dir", "") or args.out or ".")
-    html, _ = write_report(out) if list(Path(out).glob("*.record.json")) else (None, None)
+        notebooks = resolve_notebooks(args.notebooks)
+        params = {**_files(args.file, notebooks), **{k: parse_value(v, k) for k, v in args.param or []}}
+        out = run_sequence(notebooks, args.out, params, strict=[k for k, _ in args.param or []])
+    except FileNotFoundError as err:  # an unknown notebook
+        return fail(err, 2)
+    except ValueError as err:  # a bad parameter file, name or value (ParameterError is a ValueError)
+        return fail(err, 2)
+    except NotebookFailed as err:  # its executed copy and failed record are kept
+        failed, out = err, err.out_dir
+    except OSError as err:  # an unwritable --out
+        return fail(err, 2)
+    try:
+        html, _ = write_report(out) if list(Path(out).glob("*.record.json")) else (None, None)
+    except OSError as err:
+        html = None
+        print(f"could not write the report in {out}: {err.strerror or err}", file=sys.stderr)
     print(f"\nfinished in {time.perf_counter() - start:.0f} s; results in {out}" + (f"\nreport: {html}" if html else ""))
     if failed:
-        print(f"FAIL: a notebook failed: {failed}; its executed copy in {out} shows where", file=sys.stderr)
-        return 1
+        return fail(f"notebook {failed.notebook} failed: {failed.error}; its executed copy in {out} shows where")
     _final_table(out)
     return 0
 
 
 def cmd_sweep(args) -> int:
+    from .experiments import resolve_notebooks
+    from .params import parse_value, read_parameter_file
     from .report import write_report
     from .sweeps import sweep
     try:
-        grid = _files(args.grid)
-        grid.update({name: [yaml.safe_load(v) for v in values] for name, *values in args.param or []})
-        df = sweep(args.notebook, grid, _files(args.file), args.seeds, args.out, args.workers, args.scheduler)
+        notebook = resolve_notebooks([args.notebook])
+        grid = {}
+        for f in args.grid or []:
+            grid.update(read_parameter_file(f))
+        for name, *values in args.param or []:
+            if not values:
+                raise ValueError(f"-p {name} has no values; give at least one (e.g. -p {name} 1 2)")
+            grid[name] = [parse_value(v, name) for v in values]
+        df = sweep(notebook[0], grid, _files(args.file, notebook), args.seeds, args.out, args.workers, args.scheduler)
     except (ValueError, FileNotFoundError) as err:
-        print(f"FAIL: {err}", file=sys.stderr)
-        return 2
+        return fail(err, 2)
+    except OSError as err:
+        return fail(f"cannot write the sweep's runs: {err.strerror or err} ({getattr(err, 'filename', '')}); "
+                    "choose a writable folder with --out", 2)
     failed = int((df.status != "ok").sum())
     html, _ = write_report(df.attrs["out"])
     print(f"{len(df) - failed} runs ok, {failed} failed; report: {html}")
@@ -85,17 +109,33 @@ def cmd_report(args) -> int:
     try:
         html, md = write_report(args.path)
     except FileNotFoundError as err:
-        print(f"FAIL: {err}", file=sys.stderr)
-        return 1
+        return fail(err)
+    except OSError as err:
+        return fail(f"cannot write the report into {args.path}: {err.strerror or err}")
     print(f"wrote {html} and {md}")
+    from .experiments import collect
+    unreadable = collect(args.path).query("status == 'unreadable'")
+    if len(unreadable):
+        return fail(f"{len(unreadable)} record(s) could not be read and are listed as unreadable in the report: "
+                    + "; ".join(unreadable.error))
     return 0
 
 
 def cmd_lineage(args) -> int:
-    from .checkpoints import format_lineage, lineage_chain
-    chain = lineage_chain(args.checkpoint)
+    from .checkpoints import CheckpointError, broken_links, format_lineage, lineage_chain
+    try:
+        if Path(args.checkpoint).suffix == ".onnx":  # an exported model: its lineage is in its metadata
+            from .deploy import onnx_lineage_chain
+            chain = onnx_lineage_chain(args.checkpoint)
+        else:
+            chain = lineage_chain(args.checkpoint)
+    except CheckpointError as err:  # e.g. a malformed signing key
+        return fail(err)
     print(format_lineage(chain))
-    return 1 if chain[0]["problem"] else 0
+    broken = broken_links(chain)
+    if broken:
+        return fail(f"{len(broken)} link(s) of the lineage are broken (marked !)")
+    return 0
 
 
 def cmd_sign(args) -> int:
@@ -110,23 +150,24 @@ def cmd_sign(args) -> int:
                    "no key": "SHA-256 matches (no signing key configured)"}
             print(f"OK: {args.checkpoint}: {how[manifest['verified']]}")
     except CheckpointError as err:
-        print(f"FAIL: {err}", file=sys.stderr)
-        return 1
+        return fail(err)
     return 0
 
 
 def cmd_pretrained(args) -> int:
     """Train the shipped teacher with params/full.yaml and copy it to data/pretrained/."""
+    import hashlib
     from .checkpoints import PRETRAINED_DIR, verify_checkpoint
     from .experiments import REPO, run_sequence
-    out = run_sequence(["01"], REPO / "runs" / "pretrained",
-                       yaml.safe_load(open(REPO / "params" / "full.yaml")))
+    from .params import read_parameter_file
+    out = run_sequence(["01"], REPO / "runs" / "pretrained", read_parameter_file(REPO / "params" / "full.yaml"))
     PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
     for suffix in (".safetensors", ".json"):
         shutil.copy(out / f"teacher{suffix}", PRETRAINED_DIR / f"teacher_fashion_mnist{suffix}")
     manifest = verify_checkpoint(PRETRAINED_DIR / "teacher_fashion_mnist.safetensors")
     print(f"shipped teacher: sha256 {manifest['sha256']}, metrics {manifest['metadata'].get('metrics')}")
-    print("update PRETRAINED in distill_utils/checkpoints.py with this sha256")
+    json_sha = hashlib.sha256((PRETRAINED_DIR / "teacher_fashion_mnist.json").read_bytes()).hexdigest()
+    print(f"update PRETRAINED (weights) and PRETRAINED_MANIFESTS ({json_sha}) in distill_utils/checkpoints.py")
     return 0
 
 
@@ -204,7 +245,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("report", help="write report.html and report.md for a folder of runs")
     p.add_argument("path")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("lineage", help="print the chain of checkpoints a checkpoint came from")
+    p = sub.add_parser("lineage", help="print the chain of checkpoints a checkpoint (or .onnx file) came from")
     p.add_argument("checkpoint")
     p.set_defaults(func=cmd_lineage)
     for name, text in (("sign", "sign a checkpoint's manifest with $DISTILL_SIGNING_KEY"),
@@ -230,7 +271,15 @@ def main(argv=None) -> int:
     p.add_argument("--study", help="study name in a shared storage (default: the --out folder's name)")
     p.set_defaults(func=cmd_search)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return fail("interrupted; finished runs and files are kept", 130)
+    except Exception as err:  # a bug, not a user's mistake: still one line; DISTILL_DEBUG=1 shows the traceback
+        if os.environ.get("DISTILL_DEBUG"):
+            raise
+        return fail(f"unexpected {type(err).__name__}: {err} (this is a bug in distill_utils; "
+                    "rerun with DISTILL_DEBUG=1 for the traceback and report it)", 3)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,18 @@ slices them, with optional on-tensor augmentation. No per-item DataLoader, no PI
 from __future__ import annotations
 
 import gzip
-import zlib
 import io
+import math
+import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from ._io import ReadRefused, open_regular, read_limited
 
 __all__ = ["DATASETS", "DataError", "Dataset", "Split", "load_dataset", "find_files"]
 
@@ -26,6 +30,8 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+MAX_IDX_BYTES = 1 << 30     # an IDX file's body; Fashion-MNIST's largest is 47 MB
+MAX_CIFAR_BYTES = 256 << 20  # a CIFAR-10 python batch is 31 MB
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,11 @@ class Split:
     """One split: ``x`` (N, C, H, W) normalised float32, ``y`` (N,) int64, and fast batching."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, crop_pad: int = 0, flip: bool = False):
+        if len(x) != len(y):
+            raise ValueError(f"a split needs one label per example; got {len(x)} examples and {len(y)} labels")
+        if len(y) == 0:
+            raise ValueError("a split needs at least one example; this one is empty (an empty dataset file, "
+                             "or a subset or filter that kept nothing)")
         self.x, self.y, self.crop_pad, self.flip = x, y, crop_pad, flip
 
     def __len__(self):
@@ -72,7 +83,7 @@ class Split:
 
     def subset(self, n: int, seed: int = 0) -> "Split":
         """A random subset of ``n`` examples (the same ones for the same seed)."""
-        if not 0 < n <= len(self):
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(self):
             raise ValueError(f"subset size must be between 1 and {len(self)}, got {n}")
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return Split(self.x[idx], self.y[idx], self.crop_pad, self.flip)
@@ -83,8 +94,8 @@ class Split:
 
         ``augment`` applies the dataset's random crop/flip on the tensors, batch by batch.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self), generator=gen) if shuffle else torch.arange(len(self))
         order = order.to(self.x.device)
@@ -136,31 +147,52 @@ class Dataset:
                 f"input_shape={self.input_shape}, classes={self.num_classes}, from {self.source})")
 
 
-def _read(path: Path) -> bytes:
+def _damaged(path, err) -> DataError:
+    return DataError(f"cannot read {path}: {err}. The file is damaged or truncated; "
+                     "delete it and get the dataset again.")
+
+
+def read_idx(path: Path, ndim: int, trailing: tuple | None = None) -> torch.Tensor:
+    """Parse an IDX file (unsigned bytes, ``.gz`` or not) into a uint8 tensor.
+
+    Only a regular file is opened (a FIFO or ``/dev/zero`` is refused). The header is read
+    first and checked (``trailing``: the expected sizes after the first dimension); then exactly
+    the bytes it announces are read, so a gzip member that inflates to more is refused
+    without ever holding more than the header allows."""
+    path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with open_regular(path) as raw:
+            stream = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
+            head = stream.read(4 + 4 * ndim)
+            if len(head) < 4 + 4 * ndim or head[:4] != bytes([0, 0, 8, ndim]):
+                raise DataError(f"{path} is not an IDX file with {ndim} dimension(s) (bad header). "
+                                "Delete it and get the dataset again.")
+            dims = struct.unpack(f">{ndim}I", head[4:])
+            expected = 1
+            for d in dims:
+                expected *= d
+            if trailing is not None and tuple(dims[1:]) != tuple(trailing):
+                raise DataError(f"{path} holds items of shape {tuple(dims[1:])}, expected {tuple(trailing)}; "
+                                "it is not this dataset's file. Get the dataset again.")
+            if expected > MAX_IDX_BYTES:
+                raise DataError(f"{path}: its header says {dims} = {expected:,} bytes, more than any dataset "
+                                f"loaded here ({MAX_IDX_BYTES:,}); the file is corrupt. Get the dataset again.")
+            if stream is raw and (size := os.fstat(raw.fileno()).st_size) != len(head) + expected:
+                raise DataError(f"{path} is truncated or corrupt: header says {dims} = {expected} bytes, "
+                                f"file has {size - len(head)}. Delete it and get the dataset again.")
+            body = stream.read(expected)
+            if len(body) != expected:
+                raise DataError(f"{path} is truncated or corrupt: header says {dims} = {expected} bytes, "
+                                f"file has {len(body)}. Delete it and get the dataset again.")
+            if stream.read(1):
+                raise DataError(f"{path} is corrupt: it holds more than the {expected} bytes its header says "
+                                f"{dims}. Delete it and get the dataset again.")
+    except ReadRefused as err:
+        raise DataError(f"cannot read the dataset file: {err}") from None
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:  # zlib: a flipped bit inside the stream
-        raise DataError(f"cannot read {path}: {err}. The file is damaged or truncated; "
-                        "delete it and get the dataset again.") from None
-
-
-def read_idx(path: Path, ndim: int) -> torch.Tensor:
-    """Parse an IDX file (unsigned bytes) into a uint8 tensor, checking header and length."""
-    raw = _read(path)
-    if len(raw) < 4 + 4 * ndim or raw[:4] != bytes([0, 0, 8, ndim]):
-        raise DataError(f"{path} is not an IDX file with {ndim} dimension(s) (bad header). "
-                        "Delete it and get the dataset again.")
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    body = raw[4 + 4 * ndim:]
-    expected = 1
-    for d in dims:
-        expected *= d
-    if len(body) != expected:
-        raise DataError(f"{path} is truncated or corrupt: header says {dims} = {expected} bytes, "
-                        f"file has {len(body)}. Delete it and get the dataset again.")
+        raise _damaged(path, err) from None
+    if not body:
+        return torch.zeros(dims, dtype=torch.uint8)
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
 
 
@@ -198,11 +230,14 @@ def _read_cifar(paths) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for path in paths:
         try:
-            batch = _ArraysOnly(io.BytesIO(_read(path)), encoding="latin1").load()
+            blob = read_limited(path, MAX_CIFAR_BYTES, "CIFAR-10 batch")
+            batch = _ArraysOnly(io.BytesIO(blob), encoding="latin1").load()
             x = torch.as_tensor(batch["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
             y = torch.as_tensor(batch["labels"], dtype=torch.int64)
-        except DataError:
-            raise
+        except ReadRefused as err:
+            raise DataError(f"cannot read the dataset file: {err}") from None
+        except OSError as err:
+            raise _damaged(path, err.strerror or err) from None
         except Exception as err:
             raise DataError(f"{path} is not a valid CIFAR-10 batch ({err}). "
                             "Delete it and get the dataset again.") from None
@@ -254,10 +289,12 @@ def load_dataset(name: str = "fashion_mnist", root="data", download: bool = Fals
         if name == "cifar10":
             x, y = _read_cifar(files)
         else:
-            x, y = read_idx(files[0], 3).unsqueeze(1), read_idx(files[1], 1).long()
+            x, y = read_idx(files[0], 3, spec.input_shape[1:]).unsqueeze(1), read_idx(files[1], 1).long()
             if len(x) != len(y):
                 raise DataError(f"{files[0]} has {len(x)} images but {files[1]} has {len(y)} labels; "
                                 "one of them is corrupt. Get the dataset again.")
+        if len(y) == 0:
+            raise DataError(f"{files[-1]} holds no examples; the {split} split would be empty. Get the dataset again.")
         if tuple(x.shape[1:]) != spec.input_shape:
             raise DataError(f"{files[0]} holds images of shape {tuple(x.shape[1:])}, "
                             f"expected {spec.input_shape} for {name}.")
@@ -268,6 +305,8 @@ def load_dataset(name: str = "fashion_mnist", root="data", download: bool = Fals
         splits[split] = Split(((x.float() / 255 - mean) / std).contiguous(), y, spec.crop_pad, spec.flip)
     ds = Dataset(name, splits["train"], splits["test"], spec.classes, spec.input_shape, source,
                  mean=spec.mean, std=spec.std)
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not math.isfinite(val_size):
+        raise ValueError(f"val_size must be a count or a fraction of train, got {val_size!r}")
     if val_size:
         n_val = round(val_size * len(ds.train)) if isinstance(val_size, float) else int(val_size)
         if not 0 < n_val < len(ds.train):

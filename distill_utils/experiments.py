@@ -10,6 +10,7 @@ turns a folder of records into a DataFrame. Sweeps: ``sweeps.py``; reports: ``re
 """
 from __future__ import annotations
 
+import ast
 import json
 import platform
 import socket
@@ -17,8 +18,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._io import atomic_write_json
-from .params import validate
+from ._io import ReadRefused, atomic_write_json, read_limited
+from .params import did_you_mean, validate
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -27,33 +28,53 @@ SEQUENCE = ("00_setup.ipynb", "01_teacher_training.ipynb", "02_soft_targets_and_
             "05_magnitude_pruning.ipynb", "06_channel_pruning.ipynb", "07_prune_and_distill.ipynb",
             "09_quantize_and_deploy.ipynb")
 RECORD = ".record.json"
+MAX_RECORD = 64 << 20  # bytes: a record holds parameters and metrics, never data
 
-__all__ = ["start_run", "Run", "parameters_for", "record_path", "read_record", "mark_failed", "collect", "run_sequence",
-           "resolve_notebooks", "declared_parameters", "SEQUENCE"]
+__all__ = ["start_run", "Run", "NotebookFailed", "parameters_for", "record_path", "read_record", "mark_failed",
+           "collect", "run_sequence", "resolve_notebooks", "declared_parameters", "check_parameter_names",
+           "check_values", "SEQUENCE"]
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook stopped with an error; ``out_dir`` holds its executed copy and its failed record."""
+
+    def __init__(self, notebook: str, out_dir, error: str):
+        super().__init__(f"{notebook} failed: {error}")
+        self.notebook, self.out_dir, self.error = notebook, Path(out_dir), error
 
 
 def record_path(out_dir, notebook: str) -> Path:
     return Path(out_dir) / f"{Path(notebook).stem}{RECORD}"
 
 
-def read_record(path) -> dict | None:
-    """The record at ``path``, or None if there is none (or it is unreadable)."""
+def read_record(path, problems: list | None = None) -> dict | None:
+    """The record at ``path``, or None if there is none or it is unreadable or malformed (then, with
+    ``problems`` given, ``(path, why)`` is appended to it)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        record = json.loads(read_limited(path, MAX_RECORD, "run record"))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        for name, kind in (("parameters", dict), ("metrics", dict), ("checkpoints", dict), ("status", str)):
+            if name in record and not isinstance(record[name], kind):
+                raise ValueError(f"its {name!r} is not a {kind.__name__}")
+        return record
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError) as err:  # ReadRefused and JSON errors are ValueErrors
+        if problems is not None:
+            problems.append((str(path), f"{getattr(err, 'strerror', None) or err}"))
         return None
 
 
 def _versions() -> dict:
     import torch
-    from . import __version__
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "distill_utils": __version__,
-                "platform": platform.platform(), "host": socket.gethostname(), "threads": torch.get_num_threads()}
-    for name in ("torchvision", "numpy"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            pass
+    from .checkpoints import library_versions
+    versions = {**library_versions(), "platform": platform.platform(), "host": socket.gethostname(),
+                "threads": torch.get_num_threads()}
+    try:
+        versions["numpy"] = __import__("numpy").__version__
+    except ImportError:
+        pass
     return versions
 
 
@@ -71,12 +92,15 @@ def _json_safe(value):
 
 
 class Run:
-    """One notebook run's record; ``finish(metrics)`` completes it (every notebook's last cell)."""
+    """One notebook run's record; ``finish(metrics)`` completes it (every notebook's last cell).
+
+    Checkpoints the run reads or writes are listed in the record when they are passed through it:
+    ``load_checkpoint(path, run=run)``, ``save_checkpoint(model, path, run=run)`` (or by hand,
+    ``run.checkpoint("read", path, sha256)``)."""
 
     def __init__(self, notebook: str, out_dir, parameters: dict):
-        from .checkpoints import ACCESS_LOG
         self.path = record_path(out_dir, notebook)
-        self._log, self._log_start, self._start = ACCESS_LOG, len(ACCESS_LOG), time.perf_counter()
+        self._start = time.perf_counter()
         self.record = {"notebook": Path(notebook).stem, "status": "running", "parameters": _json_safe(parameters),
                        "seed": parameters.get("seed"), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        "versions": _versions(), "metrics": {}, "checkpoints": {"read": [], "written": []}}
@@ -90,15 +114,21 @@ class Run:
             raise OSError(f"cannot write the run record {self.path}: {err.strerror or err}. Set the out_dir "
                           "parameter to a writable folder with free space (e.g. -p out_dir runs/mine)") from None
 
+    def checkpoint(self, op: str, path, sha256: str) -> None:
+        """Note a checkpoint this run ``"read"`` or ``"written"`` (the checkpoint functions call this
+        when given ``run=``); the record lists each file once per operation."""
+        if op not in ("read", "written"):
+            raise ValueError(f"op must be 'read' or 'written', got {op!r}")
+        entry = {"path": str(Path(path).resolve()), "sha256": sha256}
+        if entry not in self.record["checkpoints"][op]:
+            self.record["checkpoints"][op].append(entry)
+
     def finish(self, metrics: dict, main: str | None = None) -> Path:
         """Write the record with ``metrics`` (JSON-friendly values) and status ``ok``.
 
         ``main`` names the headline metric that reports plot (default: the first)."""
-        entries = self._log[self._log_start:]
-        files = lambda op: [{"path": e["path"], "sha256": e["sha256"]} for e in entries if e["op"] == op]  # noqa: E731
         self.record.update(status="ok", metrics=_json_safe(metrics), main_metric=main or next(iter(metrics), None),
-                           wall_s=round(time.perf_counter() - self._start, 1),
-                           checkpoints={"read": files("read"), "written": files("write")})
+                           wall_s=round(time.perf_counter() - self._start, 1))
         self._write()
         return self.path
 
@@ -135,40 +165,62 @@ def _flatten(prefix: str, value, row: dict):
         row[prefix] = value if not isinstance(value, list) else json.dumps(value)
 
 
-def collect(path):
+def collect(path, runs=None):
     """All records under ``path`` (searched recursively) as a pandas DataFrame, one row per run.
 
     Columns: ``run`` (the record's folder relative to ``path``), ``notebook``, ``status``,
     ``wall_s``, ``seed``, ``error``, then ``param.<name>`` and ``metric.<name>`` (nested
-    metrics flattened with dots, lists as JSON text)."""
+    metrics flattened with dots, lists as JSON text). A record that cannot be read gives a row
+    with status ``unreadable`` and the reason in ``error``. ``runs`` (folder names) keeps only those."""
     import pandas as pd
     root, rows = Path(path), []
     for file in sorted(root.rglob(f"*{RECORD}")):
-        record = read_record(file)
-        if record is None:
+        run = str(file.parent.relative_to(root)) or "."
+        if runs is not None and run not in runs:
             continue
-        row = {"run": str(file.parent.relative_to(root)) or ".", "notebook": record.get("notebook"),
+        problems = []
+        record = read_record(file, problems)
+        if record is None:
+            if problems:
+                rows.append({"run": run, "notebook": file.name[:-len(RECORD)], "status": "unreadable", "wall_s": None,
+                             "seed": None, "error": f"{file}: {problems[0][1]}", "main_metric": None})
+            continue
+        row = {"run": run, "notebook": record.get("notebook"),
                "status": record.get("status"), "wall_s": record.get("wall_s"), "seed": record.get("seed"),
                "error": record.get("error"), "main_metric": record.get("main_metric")}
         _flatten("param", record.get("parameters", {}), row)
         _flatten("metric", record.get("metrics", {}), row)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["run", "notebook", "status", "wall_s", "seed", "error",
+                                                         "main_metric"])
+
+
+def _available() -> str:
+    return ", ".join(p.name for p in sorted(NOTEBOOKS.glob("*.ipynb")))
 
 
 def resolve_notebooks(names=None) -> list[Path]:
-    """Notebook paths from names or number prefixes (``"01"``); all of SEQUENCE by default."""
-    if not names:
+    """Notebook paths from names, paths or two-digit numbers (``"01"``); all of SEQUENCE by default.
+
+    A name must pick exactly one notebook: ``"0"`` (which would match ten) or ``""`` is an error."""
+    if names is None or (isinstance(names, (list, tuple)) and not names):
         return [NOTEBOOKS / n for n in SEQUENCE]
     paths = []
     for name in names:
+        name = str(name)
+        if not name.strip():
+            raise FileNotFoundError(f"an empty notebook name was given; name one of: {_available()}")
         if Path(name).suffix == ".ipynb":
-            matches = [p for p in (Path(name), NOTEBOOKS / name) if p.exists()]
+            matches = [p for p in (Path(name), NOTEBOOKS / name) if p.is_file()][:1]
         else:
-            matches = sorted(NOTEBOOKS.glob(f"{name}*.ipynb"))
+            matches = sorted(p for p in NOTEBOOKS.glob("*.ipynb")
+                             if p.stem == name or p.stem.split("_", 1)[0] == name or p.stem.startswith(f"{name}_"))
+        if len(matches) > 1:
+            raise FileNotFoundError(f"{name!r} matches {len(matches)} notebooks ({', '.join(p.name for p in matches)}); "
+                                    "give its two-digit number (e.g. 03) or its name")
         if not matches:
-            raise FileNotFoundError(f"no notebook matches {name!r}; available: "
-                                    f"{', '.join(p.name for p in sorted(NOTEBOOKS.glob('*.ipynb')))}")
+            raise FileNotFoundError(f"no notebook matches {name!r}{did_you_mean(name, [p.stem for p in NOTEBOOKS.glob('*.ipynb')])}; "
+                                    f"available: {_available()}")
         paths.append(matches[0])
     return paths
 
@@ -179,15 +231,65 @@ def declared_parameters(notebook) -> dict:
     return pm.inspect_notebook(str(notebook))
 
 
+def _section_of(key: str, stem: str) -> bool:
+    return key == stem or stem.startswith(f"{key}_")
+
+
 def parameters_for(notebook, parameters: dict) -> dict:
     """The parameters a parameter file gives ``notebook``: the top-level values, then those of a
     section named after the notebook (``04_feature_distillation:`` or ``"04":``), which win."""
     stem = Path(notebook).stem
     own = {k: v for k, v in parameters.items() if not isinstance(v, dict)}
     for key, section in parameters.items():
-        if isinstance(section, dict) and (key == stem or stem.startswith(f"{key}_")):
+        if isinstance(section, dict) and _section_of(str(key), stem):
             own.update(section)
     return own
+
+
+def check_parameter_names(parameters: dict, notebooks=(), source: str = "the parameter file") -> None:
+    """Refuse names in a parameter file that no notebook declares (top level), sections named after
+    no notebook, and names a section's notebook does not declare, with the allowed names and a
+    "did you mean". The repository's notebooks and ``notebooks`` (paths) are the ones known."""
+    known = {p.resolve(): None for p in [*sorted(NOTEBOOKS.glob("*.ipynb")), *map(Path, notebooks)]}
+    declared = {p: declared_parameters(p) for p in known}
+    every = sorted(set().union(*declared.values())) if declared else []
+    stems = [p.stem for p in declared]
+    for key, value in parameters.items():
+        key = str(key)
+        if key in every and not isinstance(value, dict):
+            continue
+        targets = [p for p in declared if _section_of(key, p.stem)]
+        if isinstance(value, dict) and targets:
+            for name in value:
+                if not any(name in declared[p] for p in targets):
+                    names = sorted(set().union(*(declared[p] for p in targets)))
+                    raise ValueError(f"{source}: section {key!r} sets {name!r}, which {targets[0].stem} does not "
+                                     f"declare{did_you_mean(name, names)}; its parameters are: {', '.join(names)}")
+            continue
+        if isinstance(value, dict):
+            raise ValueError(f"{source}: {key!r} is not a notebook section{did_you_mean(key, stems)}; "
+                             f"sections are named after notebooks: {', '.join(stems)}")
+        raise ValueError(f"{source}: no notebook has a parameter named {key!r}{did_you_mean(key, every)}; "
+                         f"the parameters are: {', '.join(every)}")
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+def check_values(notebook, values: dict, declared: dict | None = None) -> None:
+    """Validate ``values`` with the notebook's own rules (``params.validate``) before anything runs:
+    its parameters cell's types and defaults, overridden by ``values``. Raises ParameterError."""
+    declared = declared_parameters(notebook) if declared is None else declared
+    namespace = {"__annotations__": {}}
+    for name, info in declared.items():
+        kind = _TYPES.get(str(info.get("inferred_type_name")), object)
+        namespace["__annotations__"][name] = kind
+        try:
+            namespace[name] = ast.literal_eval(str(info.get("default")))
+        except (ValueError, SyntaxError):
+            namespace["__annotations__"][name] = object  # a default that is not a literal: nothing to check
+    namespace.update({k: v for k, v in values.items() if k in declared})
+    validate(namespace)
 
 
 def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, strict=()) -> Path:
@@ -195,21 +297,34 @@ def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, s
 
     Each gets ``out_dir`` (absolute) plus those of ``parameters_for(nb, parameters)`` it declares
     (so one parameter file serves every notebook); a name in ``strict`` (those typed with ``-p``) that no
-    notebook declares is an error, as it is likely a typo. They run with ``notebooks/`` as the working
-    directory, like in JupyterLab. Stops at the first failing notebook, whose executed copy
-    (with the error) is kept and whose record is marked failed.
+    notebook declares is an error, as it is likely a typo. Every notebook's values are validated
+    before the first one runs. They run with ``notebooks/`` as the working directory, like in
+    JupyterLab. Stops at the first failing notebook, whose executed copy (with the error) is kept
+    and whose record is marked failed, by raising ``NotebookFailed`` (which carries the folder).
+    An unknown notebook is a FileNotFoundError, an unwritable ``out_dir`` an OSError, both before
+    anything runs.
     """
     import papermill as pm
 
     paths = resolve_notebooks(notebooks)
     declared = {nb: declared_parameters(nb) for nb in paths}
     given = parameters or {}
-    unknown = sorted(set(strict) - set().union(*declared.values()))
+    every = sorted(set().union(*declared.values()))
+    unknown = sorted(set(strict) - set(every))
     if unknown:
-        raise ValueError(f"no notebook in this run has a parameter named {', '.join(unknown)}; "
-                         f"their parameters are: {', '.join(sorted(set().union(*declared.values())))}")
+        raise ValueError(f"no notebook in this run has a parameter named {', '.join(unknown)}"
+                         f"{did_you_mean(unknown[0], every)}; their parameters are: {', '.join(every)}")
+    for nb in paths:
+        check_values(nb, parameters_for(nb, given), declared[nb])
     out = Path(out_dir or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{time.time_ns()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"cannot write to the output folder {out}: {err.strerror or err}; "
+                      "choose a writable folder with --out") from None
     for nb in paths:
         start = time.perf_counter()
         print(f"running {nb.name} ...", flush=True)
@@ -218,9 +333,8 @@ def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, s
             pm.execute_notebook(str(nb), str(out / nb.name), cwd=str(nb.parent), parameters=mine,
                                 progress_bar=progress)
         except Exception as err:  # papermill's execution error, a dead kernel, ...
-            mark_failed(out, nb.name, papermill_error(err), mine)
-            err.out_dir = str(out)  # so that callers can point at the executed copy
-            raise
+            error = papermill_error(err)
+            mark_failed(out, nb.name, error, mine)
+            raise NotebookFailed(nb.name, out, error) from err
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return out
-

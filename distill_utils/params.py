@@ -9,17 +9,37 @@ be ignored silently).
 """
 from __future__ import annotations
 
+import difflib
+import math
+import re
 import types
 
-__all__ = ["ParameterError", "RULES", "validate"]
+import yaml
+
+__all__ = ["ParameterError", "RULES", "validate", "parse_value", "read_parameter_file", "did_you_mean"]
+
+MAX_INT = 2**63 - 1  # torch seeds and tensor sizes are 64-bit
+MAX_PARAMETER_FILE = 1 << 20  # bytes
 
 
 class ParameterError(ValueError):
     """A notebook parameter has a wrong type, an out-of-range value or an unknown name."""
 
 
+def _number_error(v) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return f"must be a number, got {type(v).__name__}"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "must be a finite number"
+    if isinstance(v, int) and abs(v) > MAX_INT:
+        return "must be below 2**63 (a 64-bit integer)"
+    return None
+
+
 def _range(low=None, high=None, low_open=False, high_open=False, what=""):
     def check(v):
+        if (problem := _number_error(v)):
+            return problem
         ok = (low is None or (v > low if low_open else v >= low)) and (high is None or (v < high if high_open else v <= high))
         if ok:
             return None
@@ -38,6 +58,10 @@ def _choice(names_of):
 
 def _each(rule):
     def check(values):
+        if not isinstance(values, (list, tuple)):
+            return f"must be a list, got {type(values).__name__}"
+        if not values:
+            return "must not be empty"
         bad = [(i, v, msg) for i, v in enumerate(values) if (msg := rule(v))]
         return None if not bad else f"item {bad[0][0]} ({bad[0][1]!r}) {bad[0][2]}"
     return check
@@ -89,10 +113,56 @@ _IPYTHON = {"In", "Out", "get_ipython", "exit", "quit"}
 
 def _type_error(value, kind) -> str | None:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return None  # 4 is a fine temperature
+        return _number_error(value)  # 4 is a fine temperature
     if (kind in (int, float) and isinstance(value, bool)) or not isinstance(value, kind):
         return f"must be {kind.__name__}, got {type(value).__name__}"
-    return None
+    return _number_error(value) if kind in (int, float) else None
+
+
+def did_you_mean(name: str, choices) -> str:
+    """' (did you mean X?)' for the closest of ``choices`` to a mistyped ``name``, else ''."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: ``1e-3`` is a float (YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
+               r"|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def parse_value(text: str, name: str = "value"):
+    """A ``-p NAME VALUE`` value as YAML (``3`` int, ``1e-3`` float, ``[1, 2]`` list, ``abc`` string);
+    ValueError naming ``name`` when it is not valid YAML."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        problem = str(err).splitlines()[0]
+        raise ValueError(f"-p {name} {text!r} is not a valid value ({problem}); quote strings, "
+                         "write lists as [1, 2]") from None
+
+
+def read_parameter_file(path) -> dict:
+    """A YAML parameter file (as papermill's ``-f``) as a dict; ValueError saying what is wrong."""
+    from ._io import ReadRefused, read_limited
+    try:
+        text = read_limited(path, MAX_PARAMETER_FILE, "parameter file").decode()
+        params = yaml.load(text, Loader=_Loader)
+    except (OSError, ReadRefused, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read parameter file {path}: {getattr(err, 'strerror', None) or err}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"parameter file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if params is None:
+        return {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise ValueError(f"parameter file {path} must map parameter names to values (name: value), "
+                         f"not a {type(params).__name__}")
+    return params
 
 
 def validate(namespace: dict) -> dict:

@@ -83,10 +83,22 @@ def _lineages(root: Path) -> list[str]:
     from .checkpoints import format_lineage, lineage_chain
     texts = []
     for file in sorted(root.rglob(f"*{RECORD}")):
-        for written in ((read_record(file) or {}).get("checkpoints") or {}).get("written", []):
-            if Path(written["path"]).is_file():
-                texts.append(format_lineage(lineage_chain(written["path"])))
+        written = ((read_record(file) or {}).get("checkpoints") or {}).get("written", [])
+        for entry in written if isinstance(written, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str) and Path(entry["path"]).is_file():
+                texts.append(format_lineage(lineage_chain(entry["path"])))
     return texts
+
+
+def _final_rows(final) -> list:
+    """Notebook 07's final table from its record (a JSON list of rows), or [] if absent or malformed."""
+    if not len(final) or "metric.final_table" not in final or final["metric.final_table"].dropna().empty:
+        return []
+    try:
+        rows = json.loads(final["metric.final_table"].dropna().iloc[0])
+    except (TypeError, ValueError):
+        return []
+    return rows if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else []
 
 
 def write_report(path, title: str | None = None) -> tuple[Path, Path]:
@@ -127,8 +139,8 @@ def write_report(path, title: str | None = None) -> tuple[Path, Path]:
         html_parts += ["<h2>Notebooks</h2>", overview.to_html(index=False)]
         md += ["## Notebooks", "", _md_table(overview), ""]
     final = df[df.notebook == "07_prune_and_distill"]
-    if len(final) and "metric.final_table" in final:
-        rows = json.loads(final["metric.final_table"].dropna().iloc[0])
+    rows = _final_rows(final)
+    if rows:
         table = pd.DataFrame(rows)
         html_parts += ["<h2>Final comparison</h2>", table.to_html(index=False, float_format="%.4f")]
         md += ["## Final comparison", "", _md_table(table), ""]

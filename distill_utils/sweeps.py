@@ -1,16 +1,20 @@
 """Parameter sweeps: one notebook over a grid of parameters and seeds (notebook 08).
 
 ``sweep(notebook, grid, fixed, seeds, out)`` gives every combination its own folder
-``out/<name>/`` (``T=4_alpha=0.9_seed=0``) holding the parameters it was given, the
-executed notebook and its record. Each run is a separate ``papermill`` process, so a
-failing or killed run fails alone. Re-running the same sweep skips runs whose record is
-``ok`` and retries the others. Executors: a local thread pool driving those processes
+``out/<name>--<id>/`` (``T=4_alpha=0.9_seed=0--3f2a9c1b0d``) holding the parameters it was
+given, the executed notebook and its record. The id is a hash of all of the run's parameters
+(fixed, swept and seed), so two different runs never share a folder, and the name beside it
+says what was swept. Each run is a separate ``papermill`` process, so a failing or killed
+run fails alone. Re-running the same sweep skips runs whose record is ``ok`` (with exactly
+these parameters) and retries the others; a sweep returns only its own runs' records. Executors: a local thread pool driving those processes
 (default), or a Dask distributed cluster (``scheduler="tcp://host:port"``), whose workers
 need this repository and its environment at the same path.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -20,25 +24,53 @@ from pathlib import Path
 import yaml
 
 from ._io import atomic_write_bytes
-from .experiments import declared_parameters, mark_failed, parameters_for, read_record, record_path, resolve_notebooks
+from .experiments import (check_parameter_names, check_values, declared_parameters, mark_failed, parameters_for,
+                          read_record, record_path, resolve_notebooks)
 
-__all__ = ["expand_grid", "run_name", "run_one", "sweep", "threads_per_worker"]
+__all__ = ["expand_grid", "run_name", "run_id", "run_folder", "run_one", "sweep", "threads_per_worker"]
 
 
 def expand_grid(grid: dict, seeds=None) -> list[dict]:
-    """Every combination of ``grid`` (``{name: [values]}``), times each seed, in a stable order."""
+    """Every combination of ``grid`` (``{name: [values]}``), times each seed, in a stable order;
+    a value (or seed) given twice is run once."""
+    if grid is not None and not isinstance(grid, dict):
+        raise ValueError(f"a sweep grid maps parameter names to lists of values, not a {type(grid).__name__}")
     grid = {k: (v if isinstance(v, list) else [v]) for k, v in (grid or {}).items()}
-    if seeds:
+    if seeds is not None:
         grid["seed"] = list(seeds)
     empty = [k for k, v in grid.items() if not v]
     if empty:
         raise ValueError(f"sweep parameter {empty[0]!r} has no values; give at least one")
+    grid = {k: _unique(v) for k, v in grid.items()}
     return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
 
 
+def _unique(values: list) -> list:
+    first = {}
+    for value in values:
+        first.setdefault(_canonical(value), value)
+    return list(first.values())
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def run_id(params: dict) -> str:
+    """A run's identity: a hash of all its parameters (``out_dir`` aside, which is where it goes)."""
+    return hashlib.sha256(_canonical({k: v for k, v in params.items() if k != "out_dir"}).encode()).hexdigest()[:12]
+
+
 def run_name(params: dict) -> str:
-    """A folder name for a grid point: ``T=4_alpha=0.9_seed=0`` (unsafe characters become '-')."""
-    return "_".join(re.sub(r"[^A-Za-z0-9.+=-]", "-", f"{k}={v}") for k, v in params.items()) or "default"
+    """A readable name for a grid point: ``T=4_alpha=0.9_seed=0`` (unsafe characters become '-',
+    at most 80 characters). Two points can share a name; ``run_folder`` adds their ``run_id``."""
+    name = "_".join(re.sub(r"[^A-Za-z0-9.+=-]", "-", f"{k}={v}") for k, v in params.items()) or "default"
+    return name[:80]
+
+
+def run_folder(point: dict, params: dict) -> str:
+    """``<run_name(point)>--<run_id(params)>``: the swept values to read, all parameters' hash to tell runs apart."""
+    return f"{run_name(point)}--{run_id(params)}"
 
 
 def threads_per_worker(workers: int) -> int:
@@ -100,24 +132,33 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
     from tqdm.auto import tqdm
     from .experiments import REPO, collect
 
+    from .params import did_you_mean
     nb = resolve_notebooks([str(notebook)])[0].resolve()
     points = expand_grid(grid, seeds)
     declared = declared_parameters(nb)
     unknown = sorted(set(points[0]) - set(declared))  # a swept name must exist: a typo would sweep nothing
     if unknown:
-        raise ValueError(f"{nb.name} has no parameter {', '.join(map(repr, unknown))}; "
-                         f"its parameters are: {', '.join(declared)}")
+        raise ValueError(f"{nb.name} has no parameter {', '.join(map(repr, unknown))}"
+                         f"{did_you_mean(unknown[0], declared)}; its parameters are: {', '.join(declared)}")
     if "out_dir" not in declared:
         raise ValueError(f"{nb.name} has no out_dir parameter, so its runs cannot keep separate records")
+    check_parameter_names(fixed or {}, [nb], "the fixed parameters")
     fixed = {k: v for k, v in parameters_for(nb, fixed or {}).items() if k in declared}  # files serve many notebooks
+    for point in points:  # every value is checked before anything runs
+        check_values(nb, {**fixed, **point}, declared)
     out = Path(out or REPO / "runs" / f"sweep-{nb.stem}").resolve()
-    todo, skipped = [], 0
+    todo, skipped, mine = [], 0, []
     for point in points:
-        run_dir = out / run_name(point)
-        if (read_record(record_path(run_dir, nb.name)) or {}).get("status") == "ok":
+        params = {**fixed, **point}
+        run_dir = out / run_folder(point, params)
+        mine.append(run_dir.name)
+        record = read_record(record_path(run_dir, nb.name)) or {}
+        done = {k: v for k, v in (record.get("parameters") or {}).items() if k != "out_dir"}
+        if record.get("status") == "ok" and all(k in done and done[k] == v
+                                                for k, v in {**_defaults(declared), **params}.items()):
             skipped += 1
         else:
-            todo.append((str(run_dir), {**fixed, **point}))
+            todo.append((str(run_dir), params))
     bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {nb.stem}", disable=not progress)
     counts = {"done": skipped, "failed": 0}
 
@@ -138,9 +179,22 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
             for future in as_completed(futures):
                 report(future.result())
     bar.close()
-    df = collect(out)
+    df = collect(out, runs=set(mine))
     df.attrs["out"] = str(out)
     return df
+
+
+def _defaults(declared: dict) -> dict:
+    """The notebook's default parameter values (a record lists every parameter, given or not)."""
+    import ast
+    values = {}
+    for name, info in declared.items():
+        try:
+            values[name] = ast.literal_eval(str(info.get("default")))
+        except (ValueError, SyntaxError):
+            pass
+    values.pop("out_dir", None)
+    return values
 
 
 def _on_dask_worker(host_threads: dict, notebook, run_dir, params, timeout):

@@ -26,10 +26,23 @@ def _model(name="student_cnn", **kwargs):
 
 
 def _rewrite_manifest(weights, **changes):
-    path = weights.with_suffix(".json")
-    manifest = json.loads(path.read_text())
-    manifest.update(changes)
-    path.write_text(json.dumps(manifest))
+    """Edit the manifest inside a checkpoint (format 2); its tensors and their hash stay as they were."""
+    blob = weights.read_bytes()
+    header, _ = checkpoints._split_header(blob)
+    manifest = json.loads(header["__metadata__"][checkpoints.META_KEY])
+    weights.write_bytes(checkpoints._with_manifest(blob, {**manifest, **changes}))
+
+
+def as_format_1(weights):
+    """Rewrite a checkpoint in the first format: plain safetensors, the manifest only in the .json."""
+    from safetensors.torch import load, save
+    manifest = {k: v for k, v in verify_checkpoint(weights).items()
+                if k not in ("verified", "tensors_sha256", "tensor_bytes", "signature")}
+    plain = save(load(weights.read_bytes()))
+    weights.write_bytes(plain)
+    manifest.update(format_version=1, sha256=hashlib.sha256(plain).hexdigest(), bytes=len(plain))
+    weights.with_suffix(".json").write_text(json.dumps(manifest))
+    return manifest
 
 
 @pytest.mark.parametrize("name,kwargs", SPECS, ids=[s[0] for s in SPECS])
@@ -52,7 +65,7 @@ def test_round_trip(tmp_path, name, kwargs):
     data = path.read_bytes()
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["bytes"] == len(data)
-    assert manifest["format"] == "distill-lab-checkpoint" and manifest["format_version"] == 1
+    assert manifest["format"] == "distill-lab-checkpoint" and manifest["format_version"] == 2
     assert manifest["architecture"]["name"] == name
     assert manifest["architecture"]["kwargs"] == json.loads(json.dumps(kwargs))
     assert manifest["metadata"] == meta
@@ -61,6 +74,19 @@ def test_round_trip(tmp_path, name, kwargs):
     # loading through the manifest path gives the same model, and verify returns the manifest
     assert load_checkpoint(path.with_suffix(".json"))[1] == manifest
     assert verify_checkpoint(path) == manifest
+    # the .json beside it is a readable copy of the manifest inside the file
+    assert json.loads(path.with_suffix(".json").read_text()) == {k: v for k, v in manifest.items() if k != "verified"}
+
+
+@pytest.mark.parametrize("name,kwargs", SPECS[1:], ids=[s[0] for s in SPECS[1:]])
+def test_first_format_still_loads(tmp_path, name, kwargs):
+    model = _model(name, **kwargs)
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    as_format_1(path)
+    loaded, manifest = load_checkpoint(path)
+    assert manifest["format_version"] == 1 and manifest["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
 
 
 def test_rebuilt_model_can_be_saved_again(tmp_path):
@@ -69,7 +95,7 @@ def test_rebuilt_model_can_be_saved_again(tmp_path):
     model, _ = load_checkpoint(first)
     assert [block[0].out_features for block in model.features] == [64, 32]
     second = save_checkpoint(model, tmp_path / "b.safetensors")
-    assert load_checkpoint(second)[1]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert load_checkpoint(second)[1]["tensors_sha256"] == load_checkpoint(first)[1]["tensors_sha256"]
 
 
 def test_tampered_weights_fail_sha(tmp_path):
@@ -90,8 +116,13 @@ def test_truncated_weights(tmp_path):
     path.write_bytes(data)
     with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(path)
-    # even with a manifest hash that matches, a truncated file is not valid safetensors
-    _rewrite_manifest(path, sha256=hashlib.sha256(data).hexdigest())
+    # even with a (first-format) manifest whose hash matches, a truncated file is not valid safetensors
+    path = save_checkpoint(_model(), tmp_path / "m1.safetensors")
+    manifest = as_format_1(path)
+    data = path.read_bytes()[:-100]
+    path.write_bytes(data)
+    manifest.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    path.with_suffix(".json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(path)
 
@@ -154,6 +185,9 @@ def test_missing_files_and_bad_manifest(tmp_path):
         load_checkpoint(tmp_path / "nothing.safetensors")
     path = save_checkpoint(_model(), tmp_path / "m.safetensors")
     path.with_suffix(".json").unlink()
+    assert load_checkpoint(path)[1]["format_version"] == 2  # the file holds its manifest
+    as_format_1(path)
+    path.with_suffix(".json").unlink()
     with pytest.raises(CheckpointError, match="manifest") as err:
         load_checkpoint(path)
     assert "architecture" in str(err.value) and "save_checkpoint" in str(err.value)
@@ -184,7 +218,7 @@ def test_failed_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(CheckpointError, match="cannot save .*disk full.*left as it was"):
+    with pytest.raises(CheckpointError, match="cannot save .*disk full.*nothing was replaced.*as it was"):
         save_checkpoint(_model("student_cnn", width=0.5), path)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files either
@@ -207,6 +241,8 @@ def test_load_pretrained_from_root(tmp_path, monkeypatch):
     path = save_checkpoint(model, tmp_path / "teacher_fashion_mnist.safetensors")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     monkeypatch.setitem(checkpoints.PRETRAINED, "teacher_fashion_mnist", sha)
+    monkeypatch.setitem(checkpoints.PRETRAINED_MANIFESTS, "teacher_fashion_mnist",
+                        hashlib.sha256(path.with_suffix(".json").read_bytes()).hexdigest())
     loaded, manifest = load_pretrained(root=tmp_path)
     assert manifest["sha256"] == sha
     x = torch.randn(2, 1, 28, 28)

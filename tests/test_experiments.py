@@ -7,8 +7,7 @@ import pytest
 
 from conftest import write_notebook
 from distill_utils import __main__ as cli
-from distill_utils.checkpoints import ACCESS_LOG
-from distill_utils.experiments import (NOTEBOOKS, SEQUENCE, collect, read_record, record_path,
+from distill_utils.experiments import (NOTEBOOKS, SEQUENCE, NotebookFailed, collect, read_record, record_path,
                                        resolve_notebooks, run_sequence, start_run)
 from distill_utils.params import ParameterError, validate
 from distill_utils.report import summarise_sweep, swept_parameters, write_report
@@ -95,12 +94,11 @@ def tiny_notebook(folder: Path) -> Path:
         "    f.write(Path(out_dir).name + '\\n')\n"
         "if x == fail_on and seed == 0 and not (Path(out_dir).parent / 'allow').exists():\n"
         "    raise RuntimeError('forced failure')\n"
-        "save_checkpoint(build_model('student_mlp', width=0.05), Path(out_dir) / 'model.safetensors')",
+        "save_checkpoint(build_model('student_mlp', width=0.05), Path(out_dir) / 'model.safetensors', run=run)",
         "run.finish({'y': x * 10 + seed, 'nested': {'z': x}}, main='y')")
 
 
 def test_record_in_process(tmp_path):
-    ACCESS_LOG.clear()
     run = start_run("tiny", {**namespace(seed=3, out_dir=str(tmp_path))})
     assert read_record(record_path(tmp_path, "tiny"))["status"] == "running"
     time.sleep(0.01)
@@ -133,8 +131,9 @@ def test_run_sequence_records_and_marks_failures(tmp_path):
     assert "not_declared" not in (out / "tiny.ipynb").read_text()
     with pytest.raises(ValueError, match="no notebook in this run has a parameter named typo"):
         run_sequence([str(nb)], tmp_path / "typo", {"typo": 1}, progress=False, strict=["typo"])
-    with pytest.raises(Exception):
+    with pytest.raises(NotebookFailed) as err:
         run_sequence([str(nb)], tmp_path / "bad", {"x": 2, "fail_on": 2}, progress=False)
+    assert err.value.out_dir == (tmp_path / "bad").resolve() and "forced failure" in err.value.error
     failed = read_record(record_path(tmp_path / "bad", "tiny"))
     assert failed["status"] == "failed" and "forced failure" in failed["error"]
     assert "forced failure" in (tmp_path / "bad" / "tiny.ipynb").read_text()
@@ -150,11 +149,16 @@ def test_grid_and_names():
         expand_grid({"T": []})
 
 
+def names(runs) -> list:
+    """Run folders (``<name>--<id>``) without their id."""
+    return [r.split("--")[0] for r in runs]
+
+
 def check_sweep(df, out, executions_before):
     assert len(df) == 4 and sorted(df.status) == ["failed", "ok", "ok", "ok"]
     bad = df[df.status == "failed"].iloc[0]
-    assert bad.run == "x=2_seed=0" and "forced failure" in bad.error
-    ok = df[df.status == "ok"].set_index("run")
+    assert names([bad.run]) == ["x=2_seed=0"] and "forced failure" in bad.error
+    ok = df[df.status == "ok"].assign(run=lambda d: names(d.run)).set_index("run")
     assert ok.loc["x=1_seed=1", "metric.y"] == 11 and ok.loc["x=2_seed=1", "metric.nested.z"] == 2
     runs = (out / "executions.log").read_text().split()
     assert len(runs) == executions_before + 4
@@ -168,7 +172,7 @@ def test_sweep_with_a_failure_then_retry_and_report(tmp_path):
     (out / "allow").touch()
     df = sweep(nb, {"x": [1, 2]}, {"fail_on": 2}, seeds=[0, 1], out=out, workers=2, progress=False)
     assert (df.status == "ok").all()
-    assert (out / "executions.log").read_text().split()[4:] == ["x=2_seed=0"]  # only the failed run again
+    assert names((out / "executions.log").read_text().split()[4:]) == ["x=2_seed=0"]  # only the failed run again
     assert swept_parameters(df) == ["x"]
     table = summarise_sweep(df, "y")
     assert table.to_dict("list") == {"x": [1, 2], "mean": [10.5, 20.5], "std": pytest.approx([0.7071] * 2, abs=1e-4),
@@ -197,7 +201,7 @@ def test_cli_sweep_and_report(tmp_path, capsys):
     out = tmp_path / "cli"
     assert cli.main(["sweep", str(nb), "-p", "x", "1", "3", "--seeds", "0", "--workers", "1", "--out", str(out)]) == 0
     assert "2 runs ok, 0 failed" in capsys.readouterr().out and (out / "report.html").exists()
-    assert sorted(collect(out).run) == ["x=1_seed=0", "x=3_seed=0"]
+    assert sorted(names(collect(out).run)) == ["x=1_seed=0", "x=3_seed=0"]
     assert cli.main(["sweep", str(nb), "-p", "nope", "1", "--out", str(out)]) == 2
     assert "has no parameter 'nope'" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path / "empty")]) == 1
@@ -241,7 +245,7 @@ def test_cli_run_reports_a_failing_notebook_and_bad_files(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["run", str(nb), "-p", "x", "2", "-p", "fail_on", "2", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "FAIL: a notebook failed: RuntimeError: forced failure" in err and str(out) in err
+    assert "FAIL: notebook tiny.ipynb failed: RuntimeError: forced failure" in err and str(out) in err
     assert read_record(record_path(out, "tiny"))["status"] == "failed" and (out / "report.html").exists()
     assert cli.main(["run", str(nb), "-f", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read parameter file" in capsys.readouterr().err

@@ -55,8 +55,11 @@ def test_manifest_edit_breaks_the_signature(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_SIGNING_KEY", KEY)
     path = save_checkpoint(small_cnn(), tmp_path / "m.safetensors", metadata={"accuracy": 0.5})
     manifest = json.loads(path.with_suffix(".json").read_text())
-    manifest["metadata"]["accuracy"] = 0.99  # a flattering edit
+    manifest["metadata"]["accuracy"] = 0.99  # a flattering edit of the readable copy is ignored
     path.with_suffix(".json").write_text(json.dumps(manifest))
+    assert load_checkpoint(path)[1]["metadata"]["accuracy"] == 0.5
+    from test_checkpoints import _rewrite_manifest
+    _rewrite_manifest(path, metadata={"accuracy": 0.99})  # the same edit inside the file
     with pytest.raises(CheckpointError, match="does not match"):
         load_checkpoint(path)
 
@@ -91,7 +94,7 @@ def test_lineage_records_every_step(tmp_path):
     assert "prune_channels(amount=0.5" in text and "steps: (none recorded)" in text
     teacher_path.unlink()  # a missing ancestor is reported, not an exception
     assert lineage_chain(sparse_path)[2]["problem"] == "file not found"
-    assert cli.main(["lineage", str(sparse_path)]) == 0
+    assert cli.main(["lineage", str(sparse_path)]) == 1  # a broken link is a failure
 
 
 def test_lineage_finds_the_shipped_teacher_after_a_move(tmp_path):
