@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import lineage
 from ..models import ConvNet
+from ._amount import check_amount
 
 
 class L1Norm:
@@ -58,12 +59,6 @@ def _criterion(criterion):
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)} or pass a callable(conv, bn)")
     return CRITERIA[criterion]()
-
-
-def _check_amount(amount):
-    for a in amount if isinstance(amount, (list, tuple)) else [amount]:
-        if not isinstance(a, (int, float)) or not 0 <= a < 1:
-            raise ValueError(f"amount is the fraction of channels to remove and must be in [0, 1); got {a!r}")
 
 
 def _keep_counts(scores, amount, scope, min_channels):
@@ -158,7 +153,7 @@ def prune_channels(model: nn.Module, amount: float, criterion="l1", example_inpu
     ``(conv, bn) -> scores`` (one per output channel, higher = keep). Our ``ConvNet`` models are
     pruned by this module; any other network by Torch-Pruning, which needs ``example_input``.
     """
-    _check_amount(amount)
+    check_amount(amount, "channels", per_layer=True)
     if min_channels < 1:
         raise ValueError(f"min_channels must be >= 1 so that no layer is emptied; got {min_channels}")
     if isinstance(model, ConvNet):

@@ -12,13 +12,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .. import lineage
+from ._amount import check_amount
 
 LAYER_TYPES = {"conv": nn.Conv2d, "linear": nn.Linear}
-
-
-def _check_amount(amount):
-    if not isinstance(amount, (int, float)) or not 0 <= amount <= 1:
-        raise ValueError(f"amount is the fraction of weights to remove and must be in [0, 1]; got {amount!r}")
 
 
 def prunable_layers(model: nn.Module, layer_types=("conv", "linear")) -> list[tuple[str, nn.Module]]:
@@ -68,7 +64,7 @@ def prune_magnitude(model: nn.Module, amount: float, scope: str = "layer", layer
     ``amount``: fraction of the weights of each chosen layer (``scope="layer"``) or of all
     chosen layers together (``scope="global"``) that are zero afterwards. Returns ``model``.
     """
-    _check_amount(amount)
+    check_amount(amount, "weights")
     if scope not in ("layer", "global"):
         raise ValueError(f"scope must be 'layer' or 'global'; got {scope!r}")
     modules = [m for _, m in prunable_layers(model, layer_types)]
@@ -108,7 +104,7 @@ def cubic_sparsity(step: int, total_steps: int, final: float, initial: float = 0
     """Zhu & Gupta (2017): ``final + (initial - final) * (1 - step / total_steps) ** 3``.
 
     Prunes fast at first, while many redundant weights remain, then slowly."""
-    _check_amount(final)
+    check_amount(final, "weights")
     progress = min(max(step / total_steps, 0.0), 1.0) if total_steps > 0 else 1.0
     return final + (initial - final) * (1 - progress) ** 3
 
@@ -126,7 +122,7 @@ def prune_iteratively(model, data, amount: float, rounds: int = 3, epochs_per_ro
     """Prune a step, fine-tune, repeat (Han et al. 2015) up to ``amount`` along the cubic
     schedule; fine-tune with cross-entropy, or distil from ``teacher`` when given (its
     arguments, e.g. ``T``, ``alpha``, go in ``train_kwargs``). One history row per round."""
-    _check_amount(amount)
+    check_amount(amount, "weights")
     rows = []
     for r in range(1, rounds + 1):
         target = cubic_sparsity(r, rounds, amount)
@@ -141,7 +137,7 @@ def prune_gradually(model, data, amount: float, epochs: int, prune_every: int = 
     """Raise sparsity during training along the cubic schedule (Zhu & Gupta 2017), every
     ``prune_every`` optimizer steps, reaching ``amount`` after three quarters of the steps
     and training on at that sparsity. Returns the training history."""
-    _check_amount(amount)
+    check_amount(amount, "weights")
     split = getattr(data, "train", data)
     batch_size = train_kwargs.get("batch_size", 128)
     total = epochs * -(-len(split) // batch_size)
