@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-PIPELINE = ("03_", "05_", "06_", "07_")  # 07 needs the models the others save in runs/dev
+PIPELINE = ("03_", "05_", "06_", "07_", "09_")  # 07 and 09 need the models the others save in runs/dev
 
 
 def _cores() -> int:

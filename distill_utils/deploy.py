@@ -53,8 +53,9 @@ class DeployError(Exception):
 
 def int8_params(lo: float, hi: float, signed: bool = False) -> tuple[float, int]:
     """``(scale, zero_point)`` mapping the float range [lo, hi] (widened to include 0) onto
-    int8 (-128..127, ``signed``) or uint8 (0..255), as onnxruntime's MinMax calibration does."""
-    qmin, qmax = (-128, 127) if signed else (0, 255)
+    uint8 (0..255), as onnxruntime's MinMax calibration does for activations; or, ``signed``,
+    symmetrically onto -127..127 with zero point 0, as it does for weights (scale = max|x| / 127)."""
+    qmin, qmax = (-127, 127) if signed else (0, 255)
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if signed:  # symmetric: zero_point 0, the range +-max|x|
         hi = max(abs(lo), abs(hi))
@@ -397,6 +398,7 @@ def quantize_int8(onnx_path, out_path, calibration=None, method: str = "static",
                              nodes_to_exclude=keep, reduce_range=reduce_range)
             step.update(per_channel=per_channel, fp32_nodes=keep)
         model = onnx.load(str(out))
+    step = {k: v for k, v in step.items() if v is not None}
     meta.update(parent={"sha256": hashlib.sha256(data).hexdigest(), "path": str(onnx_path.resolve())},
                 steps=[*meta.get("steps", []), step], created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     meta.pop("signature", None)

@@ -61,7 +61,7 @@ def test_int8_params_by_hand():
     scale, zp = deploy.int8_params(-1.0, 3.0)
     assert scale == pytest.approx(4 / 255) and zp == 64
     assert deploy.int8_params(0.5, 2.0) == pytest.approx((2 / 255, 0))  # the range always includes 0
-    assert deploy.int8_params(-3.0, 1.0, signed=True) == pytest.approx((6 / 255, 0))  # symmetric
+    assert deploy.int8_params(-3.0, 1.0, signed=True) == pytest.approx((3 / 127, 0))  # symmetric, as for weights
     q = deploy.quantize_tensor([-1.0, 0.0, 3.0, 10.0], scale, zp)
     assert q.tolist() == [0, 64, 255, 255]  # 10 saturates
 
