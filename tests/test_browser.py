@@ -172,7 +172,8 @@ def _run_all(page) -> dict:
     page.wait_for_function(
         "() => { const p = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
         " return p && p.sessionContext && p.sessionContext.kernelDisplayStatus === 'idle'; }", timeout=120_000)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # not awaited: the command's promise settles only when every cell has run, and it could wait forever
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         state = page.evaluate(NOTEBOOK_STATE_JS)
