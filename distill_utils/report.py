@@ -57,16 +57,22 @@ def plot_sweep(table, swept: list[str], metric: str):
         im = ax.imshow(pivot.values, cmap="viridis")
         ax.set_xticks(range(pivot.shape[1]), [str(c) for c in pivot.columns])
         ax.set_yticks(range(pivot.shape[0]), [str(i) for i in pivot.index])
-        ax.set(xlabel=swept[0], ylabel=swept[1], title=f"{metric} (mean over seeds)")
-        for (i, j), v in np.ndenumerate(pivot.values):
-            ax.text(j, i, f"{v:.4f}", ha="center", va="center", color="white", fontsize=8)
-        fig.colorbar(im, ax=ax)
+        counts = sorted(set(int(c) for c in table["count"]))  # runs per cell: the true number of seeds
+        seeds = "/".join(map(str, counts)) + (" seed" if counts == [1] else " seeds")
+        ax.set(xlabel=swept[0], ylabel=swept[1], title=f"{metric}\n(mean over {seeds})")
+        low, high = np.nanmin(pivot.values), np.nanmax(pivot.values)
+        for (i, j), v in np.ndenumerate(pivot.values):  # dark text on the light (high) end of viridis
+            light = high > low and (v - low) / (high - low) > 0.6
+            ax.text(j, i, f"{v:.4f}", ha="center", va="center", color="black" if light else "white", fontsize=8)
+        fig.colorbar(im, ax=ax, label=f"{metric} (mean)")
     else:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         x = table[swept].astype(str).agg(", ".join, axis=1) if swept else ["all runs"]
         ax.errorbar(range(len(table)), table["mean"], yerr=table["std"].fillna(0), fmt="o-", capsize=4)
         ax.set_xticks(range(len(table)), list(x), rotation=20 if len(swept) > 1 else 0)
-        ax.set(xlabel=", ".join(swept), ylabel=metric, title=f"{metric}: mean +- std over seeds")
+        counts = sorted(set(int(c) for c in table["count"]))
+        ax.set(xlabel=", ".join(swept), ylabel=metric,
+               title=f"{metric}: mean +- std over {'/'.join(map(str, counts))} seed{'s' * (counts != [1])}")
         ax.grid(alpha=0.3)
     return fig
 
