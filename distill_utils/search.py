@@ -43,7 +43,7 @@ import yaml
 from ._io import atomic_write_bytes, atomic_write_json
 from .params import RULES, fraction, positive
 
-__all__ = ["SpaceError", "load_space", "search", "trials_table", "pareto_mask", "dominates", "context",
+__all__ = ["SpaceError", "load_space", "fingerprint", "search", "trials_table", "pareto_mask", "dominates", "context",
            "complete_choice", "build_candidate", "measure_cost", "train_candidate", "COSTS", "RECORD_NAME"]
 
 RECORD_NAME = "search"  # every trial's record: out/trial-NNNN/search.record.json
@@ -103,7 +103,8 @@ def _did_you_mean(name, names) -> str:
 
 def _type_error(value, kind) -> str | None:
     if isinstance(value, bool) or not isinstance(value, {"int": int, "float": (int, float), "choice": str}[kind]):
-        return f"must be {'a number' if kind == 'float' else 'an integer' if kind == 'int' else 'a name'}, got {value!r}"
+        what = {"float": "a number", "int": "an integer", "choice": "a name"}[kind]
+        return f"must be {what}, got {value!r}"
     return None
 
 
@@ -308,7 +309,8 @@ def train_candidate(choice: dict, ctx: Context, seed: int | None = None, on_epoc
                 on_epoch(len(curve), curve[-1])
 
     distill(model, ctx.teacher, ctx.train, epochs=choice["epochs"], loss=choice["loss"], T=choice["T"],
-            alpha=choice["alpha"], loss_kwargs={"nckd_weight": choice["dkd_nckd_weight"]} if choice["loss"] == "dkd" else None,
+            alpha=choice["alpha"],
+            loss_kwargs={"nckd_weight": choice["dkd_nckd_weight"]} if choice["loss"] == "dkd" else None,
             lr=choice["lr"], batch_size=ctx.config["batch_size"], seed=seed, progress=False, callback=after_step)
     result = {"model": model, **cost, "val_acc": curve[-1], "val_acc_curve": curve}
     return {**result, "test_acc": evaluate(model, ctx.test)} if test else result
@@ -321,7 +323,8 @@ def _suggest(trial, space: dict, layers: int) -> dict:
     for name, entry in space.items():
         kind = SPACE[name][0]
         pruned = choice.get("model", SPACE["model"][2]) == "pruned_teacher"  # model comes first
-        if (name == "student_width" and pruned) or (name in ("prune_ratio", "prune_ratios", "criterion") and not pruned):
+        pruning = name in ("prune_ratio", "prune_ratios", "criterion")
+        if (name == "student_width" and pruned) or (pruning and not pruned):
             continue  # conditional: a pruned teacher has no width, a student no pruning
         names = [f"prune_ratio_{i + 1}" for i in range(layers)] if name == "prune_ratios" else [name]
         values = []
@@ -395,6 +398,7 @@ def _is_stale(trial) -> bool:
 def _fail_stale(study, out: Path) -> None:
     """Mark trials whose worker died as failed, and queue their parameters again."""
     import optuna
+
     from .experiments import mark_failed
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if not _is_stale(t):
@@ -406,7 +410,7 @@ def _fail_stale(study, out: Path) -> None:
             continue  # another worker got there first
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         mark_failed(out / f"trial-{t.number:04d}", RECORD_NAME,
-                    f"its worker stopped (killed or interrupted) during the trial; its parameters are queued again")
+                    "its worker stopped (killed or interrupted) during the trial; its parameters are queued again")
 
 
 def _counted(trial) -> bool:
@@ -441,6 +445,7 @@ def _heartbeat(study, trial_id, stop: threading.Event):
 
 def _run_trial(study, trial, config, ctx, out: Path, token: str, progress: bool):
     import optuna
+
     from .checkpoints import save_checkpoint
     from .experiments import Run, mark_failed
     choice = _suggest(trial, config["space"], len(ctx.teacher.features))
@@ -570,7 +575,8 @@ def search(space, trials: int, out, workers: int = 1, scheduler=None, storage: s
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = [pool.submit(_work, config, str(out), storage, name, trials, i, threads_per_worker(workers), progress)
+            threads = threads_per_worker(workers)
+            jobs = [pool.submit(_work, config, str(out), storage, name, trials, i, threads, progress)
                     for i in range(workers)]
             for job in jobs:
                 job.result()
@@ -580,6 +586,7 @@ def search(space, trials: int, out, workers: int = 1, scheduler=None, storage: s
 def _on_dask_worker(host_threads: dict, *args, progress: bool = True):
     """``_work`` on a Dask worker, with this host's cores shared among the workers it hosts."""
     from distributed import get_worker
+
     from .sweeps import threads_per_worker
     host = get_worker().address.rsplit(":", 1)[0]
     return _work(*args, threads=threads_per_worker(host_threads.get(host, 1)), progress=progress)
@@ -588,6 +595,7 @@ def _on_dask_worker(host_threads: dict, *args, progress: bool = True):
 def _search_dask(scheduler, config, out, storage, name, trials, workers, progress):
     """``workers`` worker loops as Dask tasks (as ``sweeps`` sends runs); they share the storage."""
     from collections import Counter
+
     from distributed import Client
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
@@ -596,7 +604,8 @@ def _search_dask(scheduler, config, out, storage, name, trials, workers, progres
             host_threads[address.rsplit(":", 1)[0]] += n
         n = workers if workers and workers > 1 else sum(host_threads.values())
         futures = [client.submit(_on_dask_worker, dict(host_threads), config, str(out), storage, name, trials, i,
-                                 progress=progress, pure=False, key=f"distill-search-{out.name}-{i}-{uuid.uuid4().hex[:8]}")
+                                 progress=progress, pure=False,
+                                 key=f"distill-search-{out.name}-{i}-{uuid.uuid4().hex[:8]}")
                    for i in range(n)]
         client.gather(futures)
     finally:
@@ -624,14 +633,16 @@ def trials_table(out, storage=None, name: str | None = None):
         row = {"trial": t.number, "state": t.state.name.lower(), "pareto": False}
         row.update({k: attrs.get(k) for k in ("val_acc", "params", "flops", "latency_ms", "epochs_run")})
         row.update(t.params)
-        row["note"] = attrs.get("error") or attrs.get("stopped") or ("killed; queued again" if attrs.get("killed") else "")
+        killed = "killed; queued again" if attrs.get("killed") else ""
+        row["note"] = attrs.get("error") or attrs.get("stopped") or killed
         row["seconds"] = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         row["worker"] = "{host}:{pid}".format(**attrs["worker"]) if "worker" in attrs else None
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df):
         fixed = [c for c in rows[0] if c in ("trial", "state", "pareto", "val_acc", *COSTS, "epochs_run")]
-        sampled = sorted((c for c in df.columns if c not in fixed and c not in ("note", "seconds", "worker")), key=_param_order)
+        rest = ("note", "seconds", "worker")
+        sampled = sorted((c for c in df.columns if c not in fixed and c not in rest), key=_param_order)
         df = df[fixed + sampled + ["note", "seconds", "worker"]]
     done = df["state"] == "complete" if len(df) else []
     if len(df) and done.any():

@@ -78,12 +78,14 @@ def test_space_errors_name_every_problem_in_one_message(tmp_path):
 
 
 def test_complete_choice_fills_fixed_values_and_per_layer_ratios():
-    config = S.load_space({"space": {"model": ["student_cnn", "pruned_teacher"], "T": 2.0, "prune_ratio": {"low": 0.1, "high": 0.5}}})
+    config = S.load_space({"space": {"model": ["student_cnn", "pruned_teacher"], "T": 2.0,
+                                     "prune_ratio": {"low": 0.1, "high": 0.5}}})
     pruned = S.complete_choice({"model": "pruned_teacher", "prune_ratio": 0.3}, config)
     assert pruned["prune_ratios"] == [0.3, 0.3, 0.3] and pruned["T"] == 2.0 and pruned["student_width"] is None
     student = S.complete_choice({"model": "student_cnn", "student_width": 0.5}, config)
     assert student["prune_ratios"] is None and student["student_width"] == 0.5 and student["alpha"] == 0.9
-    assert S.complete_choice({"model": "pruned_teacher", "prune_ratios": [0.1, 0.2, 0.3]}, config)["prune_ratios"] == [0.1, 0.2, 0.3]
+    per_layer = S.complete_choice({"model": "pruned_teacher", "prune_ratios": [0.1, 0.2, 0.3]}, config)
+    assert per_layer["prune_ratios"] == [0.1, 0.2, 0.3]
 
 
 def test_stop_rule_and_pareto_front():
@@ -130,7 +132,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on_then_resumes(tiny, tmp_
     # a folder made by another space is refused, with the difference
     other = yaml.safe_load(tiny.read_text())
     other["space"]["T"] = {"low": 1.0, "high": 8.0, "log": True}
-    with pytest.raises(S.SpaceError, match=r"holds a study of a different search space \(space\.T\.high: 4\.0 there, 8\.0 now\)"):
+    with pytest.raises(S.SpaceError, match=r"a different search space \(space\.T\.high: 4\.0 there, 8\.0 now\)"):
         S.search(other, 5, out, progress=False)
 
 
@@ -156,7 +158,8 @@ def test_resume_after_a_kill_never_reruns_finished_trials(tiny, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     after = {p.parent.name: p.read_text() for p in out.glob("trial-*/search.record.json")}
     assert all(after[run] == before[run] for run in finished)  # finished trials untouched: not run again
-    assert json.loads(after[killed[0]])["status"] == "failed" and "queued again" in json.loads(after[killed[0]])["error"]
+    killed_record = json.loads(after[killed[0]])
+    assert killed_record["status"] == "failed" and "queued again" in killed_record["error"]
     df = S.trials_table(out)
     assert states(df) == {"complete": 6, "fail": 1} and "killed" in df[df.state == "fail"].note.iloc[0]
     sampled = [c for c in df.columns if c in S.SPACE or c.startswith("prune_ratio_")]
