@@ -1,8 +1,8 @@
-"""Command line: ``python -m distill_utils data | run | sweep | report | lineage | sign | verify | pretrained | reference``."""
+"""Command line: ``python -m distill_utils data | run | sweep | report | lineage | sign | verify | pretrained |
+reference | search``."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -71,7 +71,8 @@ def cmd_run(args) -> int:
     except OSError as err:
         html = None
         print(f"could not write the report in {out}: {err.strerror or err}", file=sys.stderr)
-    print(f"\nfinished in {time.perf_counter() - start:.0f} s; results in {out}" + (f"\nreport: {html}" if html else ""))
+    print(f"\nfinished in {time.perf_counter() - start:.0f} s; results in {out}"
+          + (f"\nreport: {html}" if html else ""))
     if failed:
         return fail(f"notebook {failed.notebook} failed: {failed.error}; its executed copy in {out} shows where")
     _final_table(out)
@@ -157,6 +158,7 @@ def cmd_sign(args) -> int:
 def cmd_pretrained(args) -> int:
     """Train the shipped teacher with params/full.yaml and copy it to data/pretrained/."""
     import hashlib
+
     from .checkpoints import PRETRAINED_DIR, verify_checkpoint
     from .experiments import REPO, run_sequence
     from .params import read_parameter_file
@@ -211,7 +213,8 @@ def cmd_search(args) -> int:
     if not len(front):
         print("FAIL: no trial finished; see the notes above", file=sys.stderr)
         return 1
-    print(f"Pareto front (validation accuracy vs {cost}):\n" + front.drop(columns=["pareto", "state"]).to_string(index=False))
+    print(f"Pareto front (validation accuracy vs {cost}):\n"
+          + front.drop(columns=["pareto", "state"]).to_string(index=False))
     html, _ = write_report(df.attrs["out"])
     print(f"report: {html}")
     return 0
@@ -256,9 +259,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("pretrained", help="retrain the shipped teacher with params/full.yaml")
     p.set_defaults(func=cmd_pretrained)
     p = sub.add_parser("reference", help="full-size reference runs (params/full.yaml, per seed) into data/reference/")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds to run (default 0 1 2); recorded ones are skipped")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="seeds to run (default 0 1 2); recorded ones are skipped")
     p.add_argument("--only", nargs="+", help="notebooks (names or number prefixes; default 03 04)")
-    p.add_argument("--readme", action="store_true", help="rewrite the README's result table from the records, run nothing")
+    p.add_argument("--readme", action="store_true",
+                   help="rewrite the README's result table from the records, run nothing")
     p.set_defaults(func=cmd_reference)
     p = sub.add_parser("search", help="Optuna search of compression settings (accuracy vs cost); rerun to continue")
     p.add_argument("--space", default="params/search.yaml", help="the search space (default params/search.yaml)")

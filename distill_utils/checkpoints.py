@@ -32,7 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as st_load, save as st_save
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from . import __version__, lineage
 from ._io import ReadRefused, atomic_write_bytes, atomic_write_json, locked, open_regular, read_limited
@@ -40,7 +41,8 @@ from .models import MODELS, build_model, model_spec
 from .sparse import logical_shapes, pack, resolve_masks, unpack
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "sign_checkpoint",
-           "signing_key", "lineage_chain", "format_lineage", "broken_links", "load_pretrained", "library_versions", "PRETRAINED"]
+           "signing_key", "lineage_chain", "format_lineage", "broken_links", "load_pretrained", "library_versions",
+           "PRETRAINED", "PRETRAINED_MANIFESTS"]
 
 FORMAT, FORMAT_VERSION = "distill-lab-checkpoint", 2
 READABLE_VERSIONS = (1, 2)          # 1: manifest only in the .json beside the weights
@@ -81,8 +83,9 @@ def signing_key(key=None) -> bytes | None:
         try:
             key = read_limited(path, MAX_KEY_FILE, "signing key file").strip()
         except (OSError, ReadRefused) as err:
+            why = getattr(err, "strerror", None) or err
             raise CheckpointError(f"cannot read the signing key file {path} (DISTILL_SIGNING_KEY_FILE): "
-                                  f"{getattr(err, 'strerror', None) or err}; fix the path or unset the variable") from None
+                                  f"{why}; fix the path or unset the variable") from None
     if key is None:
         return None
     key = key.encode() if isinstance(key, str) else bytes(key)
@@ -352,7 +355,8 @@ def _detached_signature(manifest: dict, manifest_path: Path) -> dict:
         copy_, _ = _read_json_manifest(manifest_path)
     except CheckpointError:
         return manifest
-    if isinstance(copy_, dict) and copy_.get("tensors_sha256") == manifest.get("tensors_sha256") and copy_.get("signature"):
+    same = isinstance(copy_, dict) and copy_.get("tensors_sha256") == manifest.get("tensors_sha256")
+    if same and copy_.get("signature"):
         return {**manifest, "signature": copy_["signature"]}
     return manifest
 

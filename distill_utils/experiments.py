@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._io import ReadRefused, atomic_write_json, read_limited
+from ._io import atomic_write_json, read_limited
 from .params import did_you_mean, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +68,7 @@ def read_record(path, problems: list | None = None) -> dict | None:
 
 def _versions() -> dict:
     import torch
+
     from .checkpoints import library_versions
     versions = {**library_versions(), "platform": platform.platform(), "host": socket.gethostname(),
                 "threads": torch.get_num_threads()}
@@ -102,7 +103,8 @@ class Run:
         self.path = record_path(out_dir, notebook)
         self._start = time.perf_counter()
         self.record = {"notebook": Path(notebook).stem, "status": "running", "parameters": _json_safe(parameters),
-                       "seed": parameters.get("seed"), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "seed": parameters.get("seed"),
+                       "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        "versions": _versions(), "metrics": {}, "checkpoints": {"read": [], "written": []}}
         self._write()
 
@@ -216,10 +218,12 @@ def resolve_notebooks(names=None) -> list[Path]:
             matches = sorted(p for p in NOTEBOOKS.glob("*.ipynb")
                              if p.stem == name or p.stem.split("_", 1)[0] == name or p.stem.startswith(f"{name}_"))
         if len(matches) > 1:
-            raise FileNotFoundError(f"{name!r} matches {len(matches)} notebooks ({', '.join(p.name for p in matches)}); "
+            listed = ", ".join(p.name for p in matches)
+            raise FileNotFoundError(f"{name!r} matches {len(matches)} notebooks ({listed}); "
                                     "give its two-digit number (e.g. 03) or its name")
         if not matches:
-            raise FileNotFoundError(f"no notebook matches {name!r}{did_you_mean(name, [p.stem for p in NOTEBOOKS.glob('*.ipynb')])}; "
+            close = did_you_mean(name, [p.stem for p in NOTEBOOKS.glob("*.ipynb")])
+            raise FileNotFoundError(f"no notebook matches {name!r}{close}; "
                                     f"available: {_available()}")
         paths.append(matches[0])
     return paths

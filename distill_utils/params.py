@@ -40,7 +40,8 @@ def _range(low=None, high=None, low_open=False, high_open=False, what=""):
     def check(v):
         if (problem := _number_error(v)):
             return problem
-        ok = (low is None or (v > low if low_open else v >= low)) and (high is None or (v < high if high_open else v <= high))
+        ok = ((low is None or (v > low if low_open else v >= low))
+              and (high is None or (v < high if high_open else v <= high)))
         if ok:
             return None
         lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
@@ -192,4 +193,5 @@ def validate(namespace: dict) -> dict:
         raise ParameterError("bad notebook parameter" + ("s" if len(problems) > 1 else "") + ":\n  "
                              + "\n  ".join(problems)
                              + "\nFix the value in the parameters cell, or the -p/-f values given to papermill.")
-    return {name: float(namespace[name]) if declared[name] in (float, "float") else namespace[name] for name in declared}
+    return {name: float(namespace[name]) if declared[name] in (float, "float") else namespace[name]
+            for name in declared}

@@ -79,7 +79,9 @@ def plot_sweep(table, swept: list[str], metric: str):
 
 def _md_table(df) -> str:
     cols = list(df.columns)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)

@@ -1,14 +1,15 @@
 """Parameter sweeps: one notebook over a grid of parameters and seeds (notebook 08).
 
 ``sweep(notebook, grid, fixed, seeds, out)`` gives every combination its own folder
-``out/<name>--<id>/`` (``T=4_alpha=0.9_seed=0--3f2a9c1b0d``) holding the parameters it was
+``out/<name>--<id>/`` (``T=4_alpha=0.9_seed=0--3f2a9c1b0d2e``) holding the parameters it was
 given, the executed notebook and its record. The id is a hash of all of the run's parameters
 (fixed, swept and seed), so two different runs never share a folder, and the name beside it
 says what was swept. Each run is a separate ``papermill`` process, so a failing or killed
 run fails alone. Re-running the same sweep skips runs whose record is ``ok`` (with exactly
-these parameters) and retries the others; a sweep returns only its own runs' records. Executors: a local thread pool driving those processes
-(default), or a Dask distributed cluster (``scheduler="tcp://host:port"``), whose workers
-need this repository and its environment at the same path.
+these parameters) and retries the others; a sweep returns only its own runs' records.
+Executors: a local thread pool driving those processes (default), or a Dask distributed
+cluster (``scheduler="tcp://host:port"``), whose workers need this repository and its
+environment at the same path.
 """
 from __future__ import annotations
 
@@ -24,8 +25,16 @@ from pathlib import Path
 import yaml
 
 from ._io import atomic_write_bytes
-from .experiments import (check_parameter_names, check_values, declared_parameters, mark_failed, parameters_for,
-                          read_record, record_path, resolve_notebooks)
+from .experiments import (
+    check_parameter_names,
+    check_values,
+    declared_parameters,
+    mark_failed,
+    parameters_for,
+    read_record,
+    record_path,
+    resolve_notebooks,
+)
 
 __all__ = ["expand_grid", "run_name", "run_id", "run_folder", "run_one", "sweep", "threads_per_worker"]
 
@@ -78,7 +87,8 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def run_one(notebook: str, run_dir: str, params: dict, threads: int | None = None, timeout: float | None = None) -> dict:
+def run_one(notebook: str, run_dir: str, params: dict, threads: int | None = None,
+            timeout: float | None = None) -> dict:
     """Execute ``notebook`` with ``params`` into ``run_dir`` in its own papermill process.
 
     Returns ``{"run", "status", "error"}``; the record in ``run_dir`` says the same. Never raises
@@ -130,8 +140,8 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
     ``scheduler`` the runs go to that Dask cluster (an address, or a ``distributed.Client``);
     else ``workers`` run at once here, each with ``cores / workers`` threads."""
     from tqdm.auto import tqdm
-    from .experiments import REPO, collect
 
+    from .experiments import REPO, collect
     from .params import did_you_mean
     nb = resolve_notebooks([str(notebook)])[0].resolve()
     points = expand_grid(grid, seeds)
@@ -206,6 +216,7 @@ def _on_dask_worker(host_threads: dict, notebook, run_dir, params, timeout):
 
 def _run_dask(scheduler, nb, todo, report, timeout):
     from collections import Counter
+
     from distributed import Client, as_completed
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
@@ -213,7 +224,8 @@ def _run_dask(scheduler, nb, todo, report, timeout):
         for address, n in client.nthreads().items():
             host_threads[address.rsplit(":", 1)[0]] += n
         futures = {client.submit(_on_dask_worker, dict(host_threads), str(nb), run_dir, params, timeout, pure=False,
-                                 key=f"distill-run-{Path(run_dir).name}-{os.getpid()}"): run_dir for run_dir, params in todo}
+                                 key=f"distill-run-{Path(run_dir).name}-{os.getpid()}"): run_dir
+                   for run_dir, params in todo}
         for future in as_completed(futures):
             try:
                 report(future.result())

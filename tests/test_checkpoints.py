@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from distill_utils import checkpoints
-from distill_utils.checkpoints import (CheckpointError, load_checkpoint, load_pretrained,
-                                       save_checkpoint, verify_checkpoint)
+from distill_utils.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_pretrained,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from distill_utils.models import build_model
 
 SPECS = [("teacher_cnn", {}), ("student_cnn", {"width": 0.5}), ("student_mlp", {"hidden": (64, 32)})]

@@ -3,9 +3,9 @@ import pickle
 import pytest
 import torch
 
+from conftest import make_idx_dataset, write_idx
 from distill_utils import data
 from distill_utils.data import DataError, load_dataset
-from conftest import make_idx_dataset, write_idx
 
 FM = data.DATASETS["fashion_mnist"]
 

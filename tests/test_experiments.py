@@ -7,8 +7,17 @@ import pytest
 
 from conftest import write_notebook
 from distill_utils import __main__ as cli
-from distill_utils.experiments import (NOTEBOOKS, SEQUENCE, NotebookFailed, collect, read_record, record_path,
-                                       resolve_notebooks, run_sequence, start_run)
+from distill_utils.experiments import (
+    NOTEBOOKS,
+    SEQUENCE,
+    NotebookFailed,
+    collect,
+    read_record,
+    record_path,
+    resolve_notebooks,
+    run_sequence,
+    start_run,
+)
 from distill_utils.params import ParameterError, validate
 from distill_utils.report import summarise_sweep, swept_parameters, write_report
 from distill_utils.sweeps import expand_grid, run_name, sweep
@@ -190,7 +199,8 @@ def test_sweep_on_a_dask_local_cluster(tmp_path):
     distributed = pytest.importorskip("distributed")
     nb = tiny_notebook(tmp_path)
     out = tmp_path / "dask"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         df = sweep(nb, {"x": [1, 2]}, {"fail_on": 2}, seeds=[0, 1], out=out, scheduler=client, progress=False)
     check_sweep(df, out, 0)
@@ -215,7 +225,9 @@ def test_cli_data_reports_missing_dataset(tmp_path, no_debian, capsys):
 
 def test_parameter_files_name_real_parameters_and_workshop_equals_the_defaults():
     import ast
+
     import yaml
+
     from distill_utils.experiments import REPO, declared_parameters, parameters_for
     declared = {p.stem: declared_parameters(p) for p in sorted(NOTEBOOKS.glob("*.ipynb"))}
     everything = set().union(*declared.values())

@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from distill_utils import __main__ as cli
-from distill_utils.checkpoints import (PRETRAINED, PRETRAINED_DIR, CheckpointError, format_lineage, lineage_chain,
-                                       load_checkpoint, load_pretrained, save_checkpoint, verify_checkpoint)
+from distill_utils.checkpoints import (
+    PRETRAINED,
+    PRETRAINED_DIR,
+    CheckpointError,
+    format_lineage,
+    lineage_chain,
+    load_checkpoint,
+    load_pretrained,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from distill_utils.data import Split
 from distill_utils.distill import distill
 from distill_utils.models import build_model

@@ -57,7 +57,8 @@ def _criterion(criterion):
     if callable(criterion):
         return criterion
     if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)} or pass a callable(conv, bn)")
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {sorted(CRITERIA)} "
+                         "or pass a callable(conv, bn)")
     return CRITERIA[criterion]()
 
 
@@ -123,7 +124,8 @@ def _prune_convnet(model, amount, criterion, scope, min_channels):
     per_channel = linear.in_features // model.features[-1][0].out_channels
     pruned.classifier[linear_index] = _slice_linear_inputs(linear, keep_in, per_channel)
     if hasattr(model, "spec"):
-        pruned.spec = {"name": model.spec["name"], "kwargs": {**model.spec["kwargs"], "channels": [len(k) for k in keeps]}}
+        kwargs = {**model.spec["kwargs"], "channels": [len(k) for k in keeps]}
+        pruned.spec = {"name": model.spec["name"], "kwargs": kwargs}
     return pruned
 
 

@@ -118,7 +118,8 @@ def _train(model, data, teacher, epochs, **kwargs):
 
 
 def prune_iteratively(model, data, amount: float, rounds: int = 3, epochs_per_round: int = 1,
-                      scope: str = "global", layer_types=("conv", "linear"), teacher=None, **train_kwargs) -> list[dict]:
+                      scope: str = "global", layer_types=("conv", "linear"), teacher=None,
+                      **train_kwargs) -> list[dict]:
     """Prune a step, fine-tune, repeat (Han et al. 2015) up to ``amount`` along the cubic
     schedule; fine-tune with cross-entropy, or distil from ``teacher`` when given (its
     arguments, e.g. ``T``, ``alpha``, go in ``train_kwargs``). One history row per round."""
