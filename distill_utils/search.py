@@ -23,7 +23,8 @@ continues it: finished trials (complete, pruned or failed with an error) count t
 ``trials`` and are never run again; a trial whose worker was killed is marked failed and its
 parameters are queued again. A folder made with a different space is refused. Every trial
 leaves ``out/trial-NNNN/search.record.json`` in the format of notebook runs, so
-``experiments.collect(out)`` and ``python -m distill_utils report out`` read a search folder.
+``experiments.collect(out)`` and ``python -m distill_utils report out`` read a search folder
+(a parameter a kind of model does not use, e.g. a pruned teacher's width, is recorded as "-").
 """
 from __future__ import annotations
 
@@ -455,7 +456,8 @@ def _run_trial(study, trial, config, ctx, out: Path, token: str, progress: bool)
                                    "process": _process_token(os.getpid())})
     trial.set_user_attr("alive_at", time.time())
     settings = {k: config[k] for k in ("dataset", "train_images", "val_images", "batch_size", "cost", "seed")}
-    run = Run(RECORD_NAME, run_dir, {"trial": trial.number, **full, **settings, "out_dir": str(run_dir)})
+    recorded = {k: "-" if v is None else v for k, v in full.items()}  # "-": not used by this kind of model
+    run = Run(RECORD_NAME, run_dir, {"trial": trial.number, **recorded, **settings, "out_dir": str(run_dir)})
     stop = threading.Event()
     threading.Thread(target=_heartbeat, args=(study, trial._trial_id, stop), daemon=True).start()
     start = time.perf_counter()

@@ -124,7 +124,9 @@ def test_failing_trial_is_recorded_and_the_study_goes_on_then_resumes(tiny, tmp_
     assert ok["metric.val_acc"].between(0, 1).all() and (ok["metric.params"] > 0).all()
     assert "param.T" in records and "param.model" in records and (out / "trial-0000" / "model.safetensors").exists()
     html, md = write_report(out)
-    assert "4 runs: 1 failed, 3 ok" in md.read_text()
+    text = md.read_text()
+    table = text.split("## Sweep of search: val_acc\n\n")[1].split("\n\n")[0].splitlines()
+    assert "4 runs: 1 failed, 3 ok" in text and len(table) == 2 + 3  # every finished trial, whatever its model
     # the same search again: nothing left to do; more trials: only the new ones run
     calls.clear()
     assert len(S.search(tiny, 4, out, progress=False)) == 4 and calls == []
