@@ -47,3 +47,54 @@ def test_int8_scale_zero_point_matches_package(lo, hi):
     assert scale == pytest.approx(int8_params(lo, hi)[0], rel=1e-6) and zero_point == int8_params(lo, hi)[1]
     x = torch.linspace(lo - 1, hi + 1, 1001)
     assert torch.equal(quantize(x, scale, zero_point), torch.from_numpy(quantize_tensor(x.numpy(), scale, zero_point)))
+
+
+# Notebook 04: the hint loss, the attention map and loss, and DKD's TCKD/NCKD split, against the package.
+
+def _maps(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 8, 7, 7, generator=g), torch.randn(4, 16, 7, 7, generator=g).abs()
+
+
+def test_hint_loss_matches_package():
+    from distill_utils.distill import HintLoss
+    hint_loss = notebook_function("04_feature_distillation.ipynb", "hint_loss")
+    s, t = _maps()
+    torch.manual_seed(0)
+    package = HintLoss(8, 16)
+    torch.testing.assert_close(hint_loss(s, t, package.regressor), package(s, t))
+    big = torch.randn(4, 8, 14, 14)  # a finer student grid is pooled to the teacher's
+    torch.testing.assert_close(hint_loss(big, t, package.regressor), package(big, t))
+
+
+def test_attention_map_and_loss_match_package():
+    from distill_utils.distill import attention_loss as package_loss
+    from distill_utils.distill import attention_map as package_map
+    attention_map = notebook_function("04_feature_distillation.ipynb", "attention_map")
+    attention_loss = notebook_function("04_feature_distillation.ipynb", "attention_loss")
+    attention_loss.__globals__["attention_map"] = attention_map  # the notebook's loss calls its own map
+    s, t = _maps(1)
+    torch.testing.assert_close(attention_map(t), package_map(t))
+    assert torch.allclose(attention_map(t).norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(attention_loss(s, t), package_loss(s, t))
+    big = torch.randn(4, 8, 14, 14, generator=torch.Generator().manual_seed(3))  # resized to the teacher's grid
+    torch.testing.assert_close(attention_loss(big, t), package_loss(big, t))
+    assert attention_loss(t, t).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("T, beta", [(1.0, 1.0), (4.0, 8.0)])
+def test_tckd_nckd_split_matches_package_dkd(T, beta):
+    from distill_utils.distill import dkd_loss
+    tckd_nckd = notebook_function("04_feature_distillation.ipynb", "tckd_nckd")
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(32, 10, generator=g) * 3, torch.randn(32, 10, generator=g) * 3
+    y = torch.randint(0, 10, (32,), generator=g)
+    tckd, nckd = tckd_nckd(s, t, y, T)
+    torch.testing.assert_close(dkd_loss(s, t, y, T=T, alpha=1.0, tckd_weight=1.0, nckd_weight=beta),
+                               (tckd + beta * nckd) * T * T, rtol=1e-4, atol=1e-6)
+    # KD's KL is exactly TCKD + (1 - p_target) * NCKD, example by example (Zhao et al. 2022, eq. 7)
+    for i in range(5):
+        one_t, one_n = tckd_nckd(s[i:i + 1], t[i:i + 1], y[i:i + 1], T)
+        p_target = F.softmax(t[i] / T, 0)[y[i]]
+        torch.testing.assert_close(soft_kl(s[i:i + 1], t[i:i + 1], T) / T**2, one_t + (1 - p_target) * one_n,
+                                   rtol=1e-4, atol=1e-6)
