@@ -20,7 +20,7 @@ def notebook_function(notebook: str, name: str):
             continue
         tree = ast.parse("".join(cell["source"]))
         node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
-        namespace = {"torch": torch, "F": F}
+        namespace = {"torch": torch, "F": F, "nn": torch.nn}
         exec(compile(ast.Module(body=[node], type_ignores=[]), notebook, "exec"), namespace)
         return namespace[name]
     raise AssertionError(f"{notebook} defines no function {name}")
@@ -34,6 +34,44 @@ def test_kd_soft_term_matches_package(T):
     s, t = torch.randn(16, 10, generator=g) * 4, torch.randn(16, 10, generator=g) * 4
     torch.testing.assert_close(kd_soft_term(s, t, T), soft_kl(s, t, T))
     torch.testing.assert_close(softmax_t(s, T), F.softmax(s / T, 1))
+
+
+# Notebooks 05 and 06: the global magnitude threshold, the cubic schedule, L1 filter ranking and
+# slicing conv -> BatchNorm -> next conv by hand, each against the package.
+
+def _teacher(seed=0):
+    from distill_utils.models import build_model
+    torch.manual_seed(seed)
+    model = build_model("teacher_cnn")
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so slicing them matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.normal_(1, 0.3), m.bias.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("amount", [0.0, 0.3, 0.9, 0.99])
+def test_global_threshold_gives_the_package_masks(amount):
+    from distill_utils.prune import prunable_layers, prune_magnitude
+    global_threshold = notebook_function("05_magnitude_pruning.ipynb", "global_threshold")
+    model = _teacher()
+    weights = [m.weight.detach().clone() for _, m in prunable_layers(model)]
+    threshold = global_threshold(weights, amount)
+    prune_magnitude(model, amount, scope="global")
+    for w, (name, m) in zip(weights, prunable_layers(model)):
+        assert torch.equal(w.abs() > threshold, m.weight_mask.bool()), name
+    removed = sum(int((w.abs() <= threshold).sum()) for w in weights)
+    assert removed == round(amount * sum(w.numel() for w in weights))
+
+
+def test_cubic_sparsity_matches_package():
+    from distill_utils.prune import cubic_sparsity as package
+    cubic_sparsity = notebook_function("05_magnitude_pruning.ipynb", "cubic_sparsity")
+    for total, final, initial in ((100, 0.9, 0.0), (37, 0.5, 0.2)):
+        for step in range(total + 1):
+            assert cubic_sparsity(step, total, final, initial) == pytest.approx(package(step, total, final, initial), abs=1e-12)
+    assert cubic_sparsity(0, 100, 0.9) == 0.0 and cubic_sparsity(100, 100, 0.9) == pytest.approx(0.9)
+    assert cubic_sparsity(25, 100, 0.9) > 0.25 * 0.9  # fast at first: more than linear
 
 
 # Notebook 09: int8 scale and zero point by hand, against the package (which matches onnxruntime: tests/test_deploy.py)
