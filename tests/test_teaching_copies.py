@@ -74,6 +74,87 @@ def test_cubic_sparsity_matches_package():
     assert cubic_sparsity(25, 100, 0.9) > 0.25 * 0.9  # fast at first: more than linear
 
 
+def test_l1_filter_ranking_matches_package_criterion():
+    from distill_utils.prune.channels import L1Norm
+    l1_filter_ranking = notebook_function("06_channel_pruning.ipynb", "l1_filter_ranking")
+    model = _teacher(1)
+    for block in model.features:
+        ranking = l1_filter_ranking(block[0])
+        scores = L1Norm()(block[0], block[1])
+        assert sorted(ranking.tolist()) == list(range(block[0].out_channels))
+        assert torch.all(scores[ranking][:-1] >= scores[ranking][1:])  # most important first
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_slicing_by_hand_gives_the_package_model(ratio):
+    import copy
+    from distill_utils.prune import prune_channels
+    l1_filter_ranking = notebook_function("06_channel_pruning.ipynb", "l1_filter_ranking")
+    slice_conv_bn_conv = notebook_function("06_channel_pruning.ipynb", "slice_conv_bn_conv")
+    model = _teacher(2)
+    conv, bn, next_conv = model.features[0][0], model.features[0][1], model.features[1][0]
+    keep = l1_filter_ranking(conv)[:conv.out_channels - round(ratio * conv.out_channels)]
+    by_hand = copy.deepcopy(model)
+    by_hand.features[0][0], by_hand.features[0][1], by_hand.features[1][0] = slice_conv_bn_conv(conv, bn, next_conv, keep)
+    package = prune_channels(model, [ratio, 0.0, 0.0], criterion="l1")
+    assert by_hand.features[0][0].out_channels == package.features[0][0].out_channels == len(keep)
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(by_hand.eval()(x), package.eval()(x))
+        assert not torch.allclose(by_hand(x), model(x), atol=1e-3)  # pruning changed something
+
+
+# Notebook 04: the hint loss, the attention map and loss, and DKD's TCKD/NCKD split, against the package.
+
+def _maps(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 8, 7, 7, generator=g), torch.randn(4, 16, 7, 7, generator=g).abs()
+
+
+def test_hint_loss_matches_package():
+    from distill_utils.distill import HintLoss
+    hint_loss = notebook_function("04_feature_distillation.ipynb", "hint_loss")
+    s, t = _maps()
+    torch.manual_seed(0)
+    package = HintLoss(8, 16)
+    torch.testing.assert_close(hint_loss(s, t, package.regressor), package(s, t))
+    big = torch.randn(4, 8, 14, 14)  # a finer student grid is pooled to the teacher's
+    torch.testing.assert_close(hint_loss(big, t, package.regressor), package(big, t))
+
+
+def test_attention_map_and_loss_match_package():
+    from distill_utils.distill import attention_loss as package_loss
+    from distill_utils.distill import attention_map as package_map
+    attention_map = notebook_function("04_feature_distillation.ipynb", "attention_map")
+    attention_loss = notebook_function("04_feature_distillation.ipynb", "attention_loss")
+    attention_loss.__globals__["attention_map"] = attention_map  # the notebook's loss calls its own map
+    s, t = _maps(1)
+    torch.testing.assert_close(attention_map(t), package_map(t))
+    assert torch.allclose(attention_map(t).norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(attention_loss(s, t), package_loss(s, t))
+    big = torch.randn(4, 8, 14, 14, generator=torch.Generator().manual_seed(3))  # resized to the teacher's grid
+    torch.testing.assert_close(attention_loss(big, t), package_loss(big, t))
+    assert attention_loss(t, t).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("T, beta", [(1.0, 1.0), (4.0, 8.0)])
+def test_tckd_nckd_split_matches_package_dkd(T, beta):
+    from distill_utils.distill import dkd_loss
+    tckd_nckd = notebook_function("04_feature_distillation.ipynb", "tckd_nckd")
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(32, 10, generator=g) * 3, torch.randn(32, 10, generator=g) * 3
+    y = torch.randint(0, 10, (32,), generator=g)
+    tckd, nckd = tckd_nckd(s, t, y, T)
+    torch.testing.assert_close(dkd_loss(s, t, y, T=T, alpha=1.0, tckd_weight=1.0, nckd_weight=beta),
+                               (tckd + beta * nckd) * T * T, rtol=1e-4, atol=1e-6)
+    # KD's KL is exactly TCKD + (1 - p_target) * NCKD, example by example (Zhao et al. 2022, eq. 7)
+    for i in range(5):
+        one_t, one_n = tckd_nckd(s[i:i + 1], t[i:i + 1], y[i:i + 1], T)
+        p_target = F.softmax(t[i] / T, 0)[y[i]]
+        torch.testing.assert_close(soft_kl(s[i:i + 1], t[i:i + 1], T) / T**2, one_t + (1 - p_target) * one_n,
+                                   rtol=1e-4, atol=1e-6)
+
+
 # Notebook 09: int8 scale and zero point by hand, against the package (which matches onnxruntime: tests/test_deploy.py)
 
 @pytest.mark.parametrize("lo, hi", [(-1.0, 3.0), (-7.25, 11.5), (0.5, 2.0), (-3.0, -0.1), (-0.8102, 2.0227)])
