@@ -4,8 +4,8 @@ Measured here: two one-thread processes train 1.2x (teacher) to 1.7x (student) a
 per second as one two-thread process, and the kernel start-ups, plots and papermill launches
 of one worker overlap the other's arithmetic: `make test` went from 19 to 13 minutes.
 
-Each notebook runs whole, in order, on one worker. Notebook 07 reads what 03, 05 and 06
-saved, so those four run together, in that order, and first: they are the longest stretch.
+Each notebook runs whole, in order, on one worker. Notebooks 07 and 09 read what 03, 05 and 06
+saved, so those five run together, in that order, and first: they are the longest stretch.
 (xdist's ``--dist loadgroup`` marks cannot do this under pytest 9.2, which ignores the node
 ids xdist rewrites, so this file gives xdist its own scheduler.)
 """
@@ -30,12 +30,14 @@ def pytest_configure(config):
 
 
 def scope(nodeid: str) -> str:
-    """xdist's unit of work for a test: a notebook's cells are one, 03/05/06/07 share one,
+    """xdist's unit of work for a test: a notebook's cells are one, 03/05/06/07/09 share one
+    (the worked solutions in notebooks/solutions/ read nothing they save: each is its own),
     and each unit test is its own."""
     path = Path(nodeid.split("::", 1)[0])
     if path.suffix != ".ipynb":
         return nodeid
-    return "tutorial-pipeline" if path.name.startswith(PIPELINE) else path.as_posix()
+    in_pipeline = path.name.startswith(PIPELINE) and path.parent.name == "notebooks"
+    return "tutorial-pipeline" if in_pipeline else path.as_posix()
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -19,6 +19,13 @@ def test_each_notebook_stays_whole_and_07_runs_after_what_it_reads():
     assert len(set(others)) == len(others) == len(notebooks) - 5  # the rest spread over the workers
 
 
+def test_worked_solutions_run_on_their_own():
+    solutions = sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+    assert solutions
+    scopes = [scope(f"{p.relative_to(ROOT).as_posix()}::Cell 1") for p in solutions]
+    assert len(set(scopes)) == len(solutions) and "tutorial-pipeline" not in scopes
+
+
 def test_unit_tests_are_scheduled_one_by_one():
     a, b = "tests/test_sparse.py::test_bits_round_trip[1]", "tests/test_sparse.py::test_pack_bits_layout"
     assert scope(a) == a and scope(b) == b
