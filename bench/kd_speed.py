@@ -17,8 +17,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from common import torchvision_train_set
+
 from distill_utils.checkpoints import load_pretrained
 from distill_utils.data import load_dataset
 from distill_utils.distill import distill
@@ -88,7 +88,8 @@ def main():
         caching, epochs = ours(student, args.batch_size, args.epochs, args.images, precision)
         mean_ours = sum(epochs) / len(epochs)
         total = caching + sum(epochs)
-        print(f"ours, {precision:4}: teacher caching {caching:.2f} s once, then {', '.join(f'{s:.2f}' for s in epochs)} s "
+        per_epoch = ", ".join(f"{s:.2f}" for s in epochs)
+        print(f"ours, {precision:4}: teacher caching {caching:.2f} s once, then {per_epoch} s "
               f"per epoch; {ref / mean_ours:.1f}x per epoch (goal >= 8x), {ref * args.epochs / total:.1f}x over "
               f"{args.epochs} epochs including the caching (goal >= 4x)")
 

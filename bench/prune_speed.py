@@ -1,6 +1,7 @@
 """What pruning really buys on a CPU: the default teacher dense, masked to 90% sparsity (with the
-masks attached, and folded into plain weights), and channel-pruned at several ratios. Latency at batch 1 and 256 with a fixed thread count
-(median of repeats after warm-up), parameters, non-zeros, FLOPs and bytes on disk.
+masks attached, and folded into plain weights), and channel-pruned at several ratios. Latency at
+batch 1 and 256 with a fixed thread count (median of repeats after warm-up), parameters,
+non-zeros, FLOPs and bytes on disk.
 Usage: python bench/prune_speed.py [--threads 2] [--repeats 50]
 """
 import argparse

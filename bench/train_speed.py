@@ -18,9 +18,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import gemm_gflops, torchvision_train_set
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import gemm_gflops, torchvision_train_set
 from distill_utils.data import load_dataset
 from distill_utils.models import build_model
 from distill_utils.train import fit, resolve_precision, set_seed

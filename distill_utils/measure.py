@@ -37,7 +37,8 @@ def count_nonzero(model: nn.Module) -> int:
 def _forward(model: nn.Module, x):
     """``model(x)``, turning a bad example input into an error that says what to pass instead."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"example_input must be a torch.Tensor batch like torch.zeros(1, 1, 28, 28); got {type(x).__name__}")
+        raise TypeError("example_input must be a torch.Tensor batch like torch.zeros(1, 1, 28, 28); "
+                        f"got {type(x).__name__}")
     if x.dim() == 0:
         raise ValueError("example_input needs a batch dimension, e.g. torch.zeros(1, 1, 28, 28); got a scalar tensor")
     try:
@@ -81,7 +82,8 @@ def latency_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 30,
     """Median wall time of one forward pass of the batch, in ms (notebooks 01, 05, 06).
 
     Both the model (in place) and the input are put in channels-last layout first, the fast one
-    for convolutions, so models are compared on equal terms. Eval mode, ``inference_mode``, ``threads`` CPU threads (default: the current
+    for convolutions, so models are compared on equal terms. Eval mode, ``inference_mode``,
+    ``threads`` CPU threads (default: the current
     ``torch.get_num_threads()``, restored afterwards), ``warmup`` untimed runs first. Returns
     ``latency_ms`` (median), ``latency_iqr_ms`` (75th - 25th percentile), threads, batch_size.
     """

@@ -322,7 +322,8 @@ def fit(model, data, config: TrainConfig | None = None, *, device=None, step=Non
     details = dict(details or {})
     op = details.pop("op", "fit")
     identity = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "channels_last"}, "op": op,
-                **{k: _same_run(v) for k, v in details.items()}, "precision": loop.precision, "images": len(train_split),
+                **{k: _same_run(v) for k, v in details.items()}, "precision": loop.precision,
+                "images": len(train_split),
                 "tensors": [list(p.shape) for p in params]}
     if state_file:
         identity["data"] = fingerprint(train_split.x, train_split.y)
@@ -336,7 +337,8 @@ def fit(model, data, config: TrainConfig | None = None, *, device=None, step=Non
         row["seconds"] = time.perf_counter() - start
         if progress:
             print(_summary_line(row, cfg.epochs))
-        if not all(torch.isfinite(p).all() for p in params):  # the last update can break weights after the last loss check
+        # the last update can break the weights after the last loss check
+        if not all(torch.isfinite(p).all() for p in params):
             raise FloatingPointError(f"weights became NaN/inf during epoch {epoch + 1}; training stopped. Try a lower "
                                      f"learning rate (lr={cfg.lr}) or, when distilling, a smaller temperature T."
                                      + (kept and f"{kept}."))
@@ -371,7 +373,8 @@ def _resume(path, identity, loop) -> list[dict]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch's own message suggests weights_only=False: never do that here
         raise ValueError(f"cannot resume from {path}: it is not a readable training state ({type(err).__name__}: "
-                         f"truncated, corrupted or not written by fit). Delete it to start over, or pass resume=False") from None
+                         "truncated, corrupted or not written by fit). Delete it to start over, or pass "
+                         "resume=False") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"cannot resume from {path}: not a training state written by fit(state_file=...)")
     saved = state["config"]

@@ -49,6 +49,7 @@ def write_notebook(path, parameters: str, *cells: str):
 def no_debian(monkeypatch):
     """Hide Debian's Fashion-MNIST so a test sees only its own files."""
     import dataclasses
+
     from distill_utils import data
     spec = dataclasses.replace(data.DATASETS["fashion_mnist"], debian="/nonexistent/fashion-mnist")
     monkeypatch.setitem(data.DATASETS, "fashion_mnist", spec)

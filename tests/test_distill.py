@@ -3,17 +3,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_models_train import tiny_dataset
 
-from distill_utils.distill import (HintLoss, attention_loss, attention_map, distill, dkd_loss, kd_loss,
-                                   teacher_outputs)
+from distill_utils.distill import HintLoss, attention_loss, attention_map, distill, dkd_loss, kd_loss, teacher_outputs
 from distill_utils.models import build_model
 from distill_utils.train import set_seed
-from test_models_train import tiny_dataset
 
 
 def logits(seed, n=6, k=5):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, k, generator=g) * 3, torch.randn(n, k, generator=g) * 3, torch.randint(0, k, (n,), generator=g)
+    s, t = torch.randn(n, k, generator=g) * 3, torch.randn(n, k, generator=g) * 3
+    return s, t, torch.randint(0, k, (n,), generator=g)
 
 
 @pytest.mark.parametrize("T", [0.5, 1.0, 4.0, 20.0])
@@ -203,7 +203,7 @@ def test_feature_probe_leaves_batchnorm_statistics_alone():
     teacher, student = make_pair()
     before = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
     distill(student, teacher, data, epochs=1, feature="hint", student_layer=1, teacher_layer=1,
-            batch_size=32, progress=False, device="cpu", lr=1e-12, precision="fp32")  # lr ~ 0: only BN statistics change
+            batch_size=32, progress=False, device="cpu", lr=1e-12, precision="fp32")  # lr ~ 0: only BN statistics
     one_batch = build_model("student_cnn", width=0.5)
     one_batch.load_state_dict({**student.state_dict(), **before})
     one_batch.train()

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from distill_utils.measure import (count_flops, count_nonzero, count_params, latency_ms,
-                                   size_on_disk, summary)
+from distill_utils.measure import count_flops, count_nonzero, count_params, latency_ms, size_on_disk, summary
 from distill_utils.models import build_model
 
 # Conv2d(1, 4, 3) on 28x28 -> 4x26x26, then Linear(4*26*26, 10)

@@ -1,12 +1,12 @@
 """Mixed precision: the choice of precision, its effect, and refusing to resume a different run."""
 import pytest
 import torch
+from test_models_train import tiny_dataset
 
 from distill_utils import lineage, train
 from distill_utils.distill import distill, teacher_outputs
 from distill_utils.models import build_model
 from distill_utils.train import TrainConfig, evaluate, fit, predict, resolve_precision
-from test_models_train import tiny_dataset
 
 
 def linear_dtypes(model):

@@ -1,14 +1,21 @@
 
 import pytest
 import torch
+from test_models_train import tiny_dataset
 from torch.nn.utils import prune
 
 from distill_utils.checkpoints import load_checkpoint, save_checkpoint
 from distill_utils.models import build_model
-from distill_utils.prune import (cubic_sparsity, make_permanent, prunable_layers, prune_gradually, prune_iteratively,
-                                 prune_magnitude, sparsity)
+from distill_utils.prune import (
+    cubic_sparsity,
+    make_permanent,
+    prunable_layers,
+    prune_gradually,
+    prune_iteratively,
+    prune_magnitude,
+    sparsity,
+)
 from distill_utils.train import set_seed
-from test_models_train import tiny_dataset
 
 
 def model(seed=0):
