@@ -31,11 +31,13 @@ def minutes_from_records(folder) -> dict[str, float]:
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise SystemExit(f"{path} is not a readable record ({err}); rerun that notebook or pick another run") from None
+            raise SystemExit(f"{path} is not a readable record ({err}); rerun that notebook or pick "
+                             "another run") from None
         if record.get("status") == "ok" and isinstance(record.get("wall_s"), (int, float)):
             out[record["notebook"]] = record["wall_s"] / 60
     if not out:
-        raise SystemExit(f"no finished notebook records in {folder}: run `make run` and give its runs/<timestamp> folder")
+        raise SystemExit(f"no finished notebook records in {folder}: run `make run` and give its "
+                         "runs/<timestamp> folder")
     return out
 
 
@@ -63,7 +65,9 @@ def main(argv=None) -> int:
     readme = Path(args.readme)
     text = readme.read_text()
     started = sorted(json.loads(p.read_text()).get("started", "")[:16] for p in Path(args.folder).glob("*.record.json"))
-    source = f"`{Path(args.folder).name}`, started {started[0].replace('T', ' ')} UTC" if started and started[0] else f"`{Path(args.folder).name}`"
+    source = f"`{Path(args.folder).name}`"
+    if started and started[0]:
+        source += f", started {started[0].replace('T', ' ')} UTC"
     new = update_readme(text, minutes, source)
     for name, value in minutes.items():
         print(f"{name:40} {value:5.1f} min")

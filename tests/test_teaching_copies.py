@@ -46,7 +46,8 @@ def _teacher(seed=0):
     with torch.no_grad():  # BatchNorm statistics that are not the identity, so slicing them matters
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.normal_(1, 0.3), m.bias.normal_(0, 0.3)
+                m.running_mean.normal_(0, 0.5), m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.3), m.bias.normal_(0, 0.3)
     return model.eval()
 
 
@@ -69,7 +70,8 @@ def test_cubic_sparsity_matches_package():
     cubic_sparsity = notebook_function("05_magnitude_pruning.ipynb", "cubic_sparsity")
     for total, final, initial in ((100, 0.9, 0.0), (37, 0.5, 0.2)):
         for step in range(total + 1):
-            assert cubic_sparsity(step, total, final, initial) == pytest.approx(package(step, total, final, initial), abs=1e-12)
+            expected = package(step, total, final, initial)
+            assert cubic_sparsity(step, total, final, initial) == pytest.approx(expected, abs=1e-12)
     assert cubic_sparsity(0, 100, 0.9) == 0.0 and cubic_sparsity(100, 100, 0.9) == pytest.approx(0.9)
     assert cubic_sparsity(25, 100, 0.9) > 0.25 * 0.9  # fast at first: more than linear
 
@@ -88,6 +90,7 @@ def test_l1_filter_ranking_matches_package_criterion():
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
 def test_slicing_by_hand_gives_the_package_model(ratio):
     import copy
+
     from distill_utils.prune import prune_channels
     l1_filter_ranking = notebook_function("06_channel_pruning.ipynb", "l1_filter_ranking")
     slice_conv_bn_conv = notebook_function("06_channel_pruning.ipynb", "slice_conv_bn_conv")
@@ -95,7 +98,8 @@ def test_slicing_by_hand_gives_the_package_model(ratio):
     conv, bn, next_conv = model.features[0][0], model.features[0][1], model.features[1][0]
     keep = l1_filter_ranking(conv)[:conv.out_channels - round(ratio * conv.out_channels)]
     by_hand = copy.deepcopy(model)
-    by_hand.features[0][0], by_hand.features[0][1], by_hand.features[1][0] = slice_conv_bn_conv(conv, bn, next_conv, keep)
+    sliced = slice_conv_bn_conv(conv, bn, next_conv, keep)
+    by_hand.features[0][0], by_hand.features[0][1], by_hand.features[1][0] = sliced
     package = prune_channels(model, [ratio, 0.0, 0.0], criterion="l1")
     assert by_hand.features[0][0].out_channels == package.features[0][0].out_channels == len(keep)
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
