@@ -57,9 +57,12 @@ reference: data
 	$(PY) -m distill_utils reference --readme
 
 bench: data
-	$(PY) bench/train_speed.py
+	$(PY) bench/train_speed.py --model teacher_cnn
+	$(PY) bench/train_speed.py --model student_cnn
 	$(PY) bench/kd_speed.py
+	$(PY) bench/precision_accuracy.py
 	$(PY) bench/prune_speed.py
+	$(PY) bench/deploy_speed.py
 
 clean:
 	rm -rf runs/ .pytest_cache
