@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lineage
-from .train import autocast, choose_device, fast_layout, fingerprint, fit, resolve_precision
+from .train import _uses_channels_last, autocast, choose_device, fast_layout, fingerprint, fit, resolve_precision
 
 __all__ = ["kd_loss", "dkd_loss", "HintLoss", "attention_loss", "LOSSES", "distill", "teacher_outputs"]
 
@@ -119,7 +119,7 @@ def teacher_outputs(teacher, split, layer: int | None = None, batch_size: int = 
     ``precision`` as in ``fit``: the teacher runs under bf16 autocast where the hardware has it."""
     device = choose_device(device)
     fast_layout(teacher, device).eval()
-    channels_last = next(teacher.parameters()).is_contiguous(memory_format=torch.channels_last)
+    channels_last = _uses_channels_last(teacher)
     precision = resolve_precision(precision, device)
     logits, feats = [], []
     for x, _ in split.batches(batch_size):
