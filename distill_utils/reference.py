@@ -8,12 +8,14 @@ and keeps, per notebook, one small JSON file ``data/reference/<notebook>.json``:
      "seeds": {"0": {"metrics": {...}, "wall_s": ..., "versions": {...}, "finished": ...}, ...}}
 
 It is resumable: a seed already in the file is skipped. Notebooks 03 and 04 show these numbers
-beside the workshop run (``load``, ``per_seed``); ``--readme`` rewrites the README's result table
-(``readme_table``) between its marker comments, and a test keeps the two equal.
+beside the workshop run (``load``, ``per_seed``); ``--readme`` rewrites the README's result tables
+(``TABLES``: distillation from 03, pruning from 05 and 06) between their marker comments, and a
+test keeps the README and the records equal.
 """
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,16 +24,14 @@ from ._io import atomic_write_json
 from .evidence import compare
 from .experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
 
-__all__ = ["REFERENCE_DIR", "MISSING", "load", "per_seed", "describe", "run_reference", "readme_table",
-           "update_readme", "MARK_START", "MARK_END"]
+__all__ = ["REFERENCE_DIR", "MISSING", "load", "per_seed", "describe", "run_reference", "kd_table",
+           "pruning_table", "TABLES", "markers", "update_readme"]
 
 REFERENCE_DIR = REPO / "data" / "reference"
 FULL = REPO / "params" / "full.yaml"
 MISSING = ("No full-size reference record for `{notebook}` exists yet. `python -m distill_utils reference "
            "--only {notebook}` makes one per seed (hours on a laptop CPU); until then only this run's numbers "
            "are shown.")
-MARK_START = "<!-- reference table: start (python -m distill_utils reference --readme) -->"
-MARK_END = "<!-- reference table: end -->"
 
 
 def load(notebook: str, folder=None) -> dict | None:
@@ -49,12 +49,15 @@ def load(notebook: str, folder=None) -> dict | None:
     return record
 
 
-def per_seed(record: dict, key: str) -> dict[int, float]:
+def per_seed(record: dict, key: str | tuple) -> dict[int, float]:
     """``{seed: metric}`` of one metric over the record's seeds. A metric that is itself a
-    ``{seed: value}`` mapping (a notebook's own seed loop, e.g. ``few_distilled``) is merged."""
+    ``{seed: value}`` mapping (a notebook's own seed loop, e.g. ``few_distilled``) is merged.
+    A tuple key walks into nested metrics: ``("finetuned", "0.5")``."""
     out = {}
     for seed, entry in record["seeds"].items():
-        value = entry["metrics"].get(key)
+        value = entry["metrics"]
+        for part in (key,) if isinstance(key, str) else key:
+            value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, dict):
             out.update({int(s): v for s, v in value.items()})
         elif value is not None:
@@ -76,7 +79,8 @@ def _parameters_for_seed(declared: set, seed: int) -> dict:
     return own
 
 
-def run_reference(notebooks=("03", "04"), seeds=(0, 1, 2), folder=None, work=None, params_file=None) -> dict:
+def run_reference(notebooks=("03", "04", "05", "06"), seeds=(0, 1, 2), folder=None, work=None,
+                  params_file=None) -> dict:
     """Run each notebook at full size once per missing seed; returns {notebook: record}."""
     import yaml
 
@@ -112,14 +116,13 @@ def run_reference(notebooks=("03", "04"), seeds=(0, 1, 2), folder=None, work=Non
 
 
 def _mean_std(values) -> str:
-    import statistics
     values = [100 * v for v in values]
     if len(values) == 1:
         return f"{values[0]:.2f}% (1 seed)"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}%"
 
 
-def readme_table(folder=None) -> str:
+def kd_table(folder=None) -> str:
     """The README's KD result table, from ``data/reference/03_knowledge_distillation.json``."""
     record = load("03_knowledge_distillation", folder)
     if record is None:
@@ -146,16 +149,73 @@ def readme_table(folder=None) -> str:
     return "\n".join([head, *rows])
 
 
+def _vs(values: dict, dense: float) -> str:
+    diffs = [100 * (v - dense) for v in values.values()]
+    spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+    return f"{statistics.mean(diffs):+.2f}{spread}"
+
+
+SCHEDULES = {"one-shot": "one-shot + fine-tune", "iterative": "iterative (Han et al. 2015)",
+             "gradual": "gradual (Zhu & Gupta 2017, cubic schedule)",
+             "one-shot, teacher": "one-shot + fine-tune with the teacher"}
+
+
+def pruning_table(folder=None) -> str:
+    """The README's pruning table, from the records of notebooks 05 (magnitude) and 06 (channels)."""
+    magnitude, channels = load("05_magnitude_pruning", folder), load("06_channel_pruning", folder)
+    if magnitude is None and channels is None:
+        return ("No reference records yet: `python -m distill_utils reference --only 05 06` writes them, "
+                "then `--readme` fills this table.")
+    rows, dense = [], None
+    if magnitude is not None:
+        m, p = next(iter(magnitude["seeds"].values()))["metrics"], magnitude["parameters"]
+        dense = m["dense_acc"]
+        shrank = (f"file {m['bytes']['dense_file'] / m['bytes']['sparse_file']:.1f}x smaller stored sparse; "
+                  "same FLOPs")
+        for schedule in m.get("finetuned", {}):
+            acc = per_seed(magnitude, ("finetuned", schedule))
+            rows.append(f"| {m['target']:.0%} of weights zero (global L1), {SCHEDULES.get(schedule, schedule)}, "
+                        f"{p.get('finetune_images'):,} images x {p.get('finetune_epochs')} epochs | "
+                        f"{_mean_std(acc.values())} | {_vs(acc, dense)} | {shrank} |")
+    if channels is not None:
+        m, p = next(iter(channels["seeds"].values()))["metrics"], channels["parameters"]
+        dense, costs = m["dense_acc"], m["costs"]
+        how = "with the teacher" if p.get("use_teacher", True) else "on labels"
+        for ratio in m.get("finetuned", {}):
+            acc, c = per_seed(channels, ("finetuned", ratio)), costs[ratio]
+            rows.append(f"| channels -{float(ratio):.0%} ({p.get('criterion', 'l1').upper()}) + fine-tune {how}, "
+                        f"{p.get('finetune_images'):,} images x {p.get('finetune_epochs')} epochs | "
+                        f"{_mean_std(acc.values())} | {_vs(acc, dense)} | "
+                        f"{costs['dense']['flops'] / c['flops']:.1f}x fewer FLOPs, "
+                        f"{costs['dense']['params'] / c['params']:.1f}x fewer parameters |")
+    sources = "; ".join(f"notebook {r['notebook'][:2]}: {describe(r)}" for r in (magnitude, channels) if r)
+    head = (f"Fashion-MNIST, the shipped teacher pruned and fine-tuned ({sources}); accuracy is mean ± std "
+            "over seeds, *vs dense* in percentage points:\n\n"
+            "| model | test accuracy | vs dense | what shrank |\n|---|---|---|---|\n"
+            f"| dense teacher | {100 * dense:.2f}% | | |")
+    return "\n".join([head, *rows])
+
+
+TABLES = {"kd": kd_table, "pruning": pruning_table}  # README marker name -> table
+
+
+def markers(name: str) -> tuple[str, str]:
+    return (f"<!-- reference {name}: start (python -m distill_utils reference --readme) -->",
+            f"<!-- reference {name}: end -->")
+
+
 def update_readme(readme=None, folder=None) -> bool:
-    """Rewrite the table between the README's markers; returns whether anything changed."""
+    """Rewrite each table between its README markers; returns whether anything changed."""
     readme = Path(readme or REPO / "README.md")
-    text = readme.read_text()
-    if MARK_START not in text or MARK_END not in text:
-        raise ValueError(f"{readme} has no reference table markers; put the lines\n{MARK_START}\n{MARK_END}\n"
-                         "where the table belongs")
-    before, rest = text.split(MARK_START, 1)
-    _, after = rest.split(MARK_END, 1)
-    new = f"{before}{MARK_START}\n{readme_table(folder)}\n{MARK_END}{after}"
+    text = new = readme.read_text()
+    for name, table in TABLES.items():
+        start, end = markers(name)
+        if start not in new or end not in new:
+            raise ValueError(f"{readme} has no markers for the {name} table; put the lines\n{start}\n{end}\n"
+                             "where the table belongs")
+        before, rest = new.split(start, 1)
+        _, after = rest.split(end, 1)
+        new = f"{before}{start}\n{table(folder)}\n{end}{after}"
     if new != text:
         readme.write_text(new)
     return new != text

@@ -31,7 +31,7 @@ def test_per_seed_reads_plain_and_nested_metrics(tmp_path):
 def test_table_rows_come_from_the_records(tmp_path):
     write_record(tmp_path, {0: (0.900, 0.910, 0.850, 0.862), 1: (0.902, 0.913, 0.848, 0.860),
                             2: (0.901, 0.911, 0.852, 0.863)})
-    table = reference.readme_table(tmp_path)
+    table = reference.kd_table(tmp_path)
     lines = table.splitlines()
     assert lines[0].startswith("Fashion-MNIST, `student_cnn` (width 1.0), T=4.0, alpha=0.9, params/full.yaml, 3 seeds")
     full = next(line for line in lines if line.startswith("| all 60,000 labels, 15 epochs, crop + flip |"))
@@ -44,7 +44,7 @@ def test_table_rows_come_from_the_records(tmp_path):
 
 def test_missing_records_say_how_to_make_them(tmp_path):
     assert reference.load("03_knowledge_distillation", tmp_path) is None
-    assert "python -m distill_utils reference --only 03" in reference.readme_table(tmp_path)
+    assert "python -m distill_utils reference --only 03" in reference.kd_table(tmp_path)
     (tmp_path / "03_knowledge_distillation.json").write_text("{not json")
     with pytest.raises(ValueError, match="unreadable.*delete it and rerun"):
         reference.load("03_knowledge_distillation", tmp_path)
@@ -53,14 +53,16 @@ def test_missing_records_say_how_to_make_them(tmp_path):
 def test_update_readme_rewrites_only_between_the_markers(tmp_path):
     write_record(tmp_path / "ref", {0: (0.9, 0.91, 0.85, 0.86)})
     readme = tmp_path / "README.md"
-    readme.write_text(f"before\n{reference.MARK_START}\nold table\n{reference.MARK_END}\nafter\n")
+    (kd_start, kd_end), (pr_start, pr_end) = reference.markers("kd"), reference.markers("pruning")
+    readme.write_text(f"before\n{kd_start}\nold table\n{kd_end}\nmiddle\n{pr_start}\nold\n{pr_end}\nafter\n")
     assert reference.update_readme(readme, tmp_path / "ref") is True
     text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith(f"{reference.MARK_END}\nafter\n") and "old table" not in text
+    assert text.startswith("before\n") and text.endswith(f"{pr_end}\nafter\n") and "old table" not in text
+    assert f"{kd_end}\nmiddle\n{pr_start}\nNo reference records yet" in text
     assert "too few seeds to conclude" in text  # one seed: no verdict
     assert reference.update_readme(readme, tmp_path / "ref") is False  # idempotent
     readme.write_text("no markers here\n")
-    with pytest.raises(ValueError, match="no reference table markers"):
+    with pytest.raises(ValueError, match="no markers for the kd table"):
         reference.update_readme(readme, tmp_path / "ref")
 
 
@@ -90,9 +92,47 @@ def test_runs_are_resumable_and_one_seed_at_a_time(tmp_path, monkeypatch):
     assert len((tmp_path / "ref" / "03_knowledge_distillation.json").read_bytes()) < 10_000  # compact
 
 
-def test_readme_table_matches_the_committed_records():
+def test_readme_tables_match_the_committed_records():
     text = (REPO / "README.md").read_text()
-    assert reference.MARK_START in text and reference.MARK_END in text, "README lost its reference table markers"
-    shown = text.split(reference.MARK_START, 1)[1].split(reference.MARK_END, 1)[0].strip()
-    assert shown == reference.readme_table().strip(), \
-        "README's reference table differs from data/reference/: run python -m distill_utils reference --readme"
+    for name, table in reference.TABLES.items():
+        start, end = reference.markers(name)
+        assert start in text and end in text, f"README lost the markers of its {name} table"
+        shown = text.split(start, 1)[1].split(end, 1)[0].strip()
+        assert shown == table().strip(), \
+            f"README's {name} table differs from data/reference/: run python -m distill_utils reference --readme"
+
+
+def write_pruning_records(folder):
+    def seeds(metrics_of):
+        return {str(s): {"metrics": metrics_of(s), "wall_s": 1.0, "versions": {}, "finished": "t"} for s in (0, 1, 2)}
+    magnitude = {"notebook": "05_magnitude_pruning", "params_file": "params/full.yaml",
+                 "parameters": {"finetune_images": 60000, "finetune_epochs": 5},
+                 "seeds": seeds(lambda s: {"dense_acc": 0.93, "target": 0.9,
+                                           "bytes": {"dense_file": 2_000_000, "sparse_file": 250_000},
+                                           "finetuned": {"one-shot": {str(s): 0.92 + s / 1000},
+                                                         "gradual": {str(s): 0.931 + s / 1000}}})}
+    channels = {"notebook": "06_channel_pruning", "params_file": "params/full.yaml",
+                "parameters": {"finetune_images": 60000, "finetune_epochs": 5, "criterion": "l1", "use_teacher": True},
+                "seeds": seeds(lambda s: {"dense_acc": 0.93, "finetuned": {"0.5": {str(s): 0.925 - s / 1000}},
+                                          "costs": {"dense": {"flops": 16e6, "params": 688_000},
+                                                    "0.5": {"flops": 4e6, "params": 320_000}}})}
+    folder.mkdir(parents=True, exist_ok=True)
+    for record in (magnitude, channels):
+        (folder / f"{record['notebook']}.json").write_text(json.dumps(record))
+
+
+def test_pruning_table_rows_come_from_the_records(tmp_path):
+    assert "--only 05 06" in reference.pruning_table(tmp_path)
+    write_pruning_records(tmp_path)
+    assert reference.per_seed(reference.load("06_channel_pruning", tmp_path), ("finetuned", "0.5")) == \
+        {0: 0.925, 1: 0.924, 2: 0.923}
+    lines = reference.pruning_table(tmp_path).splitlines()
+    assert "notebook 05: params/full.yaml, 3 seeds (0, 1, 2); notebook 06: params/full.yaml, 3 seeds" in lines[0]
+    assert "| dense teacher | 93.00% | | |" in lines
+    # one-shot 92.00, 92.10, 92.20: mean 92.10 ± 0.10, vs dense -0.90 ± 0.10; sparse file 8x smaller
+    assert ("| 90% of weights zero (global L1), one-shot + fine-tune, 60,000 images x 5 epochs | 92.10 ± 0.10% | "
+            "-0.90 ± 0.10 | file 8.0x smaller stored sparse; same FLOPs |") in lines
+    gradual = "| 90% of weights zero (global L1), gradual (Zhu & Gupta 2017"
+    assert any(line.startswith(gradual) and "| +0.20 ± 0.10 |" in line for line in lines)
+    assert ("| channels -50% (L1) + fine-tune with the teacher, 60,000 images x 5 epochs | 92.40 ± 0.10% | "
+            "-0.60 ± 0.10 | 4.0x fewer FLOPs, 2.1x fewer parameters |") in lines
