@@ -9,7 +9,7 @@ and keeps, per notebook, one small JSON file ``data/reference/<notebook>.json``:
 
 It is resumable: a seed already in the file is skipped. Notebooks 03 and 04 show these numbers
 beside the workshop run (``load``, ``per_seed``); ``--readme`` rewrites the README's result tables
-(``TABLES``: distillation from 03, pruning from 05 and 06) between their marker comments, and a
+(``TABLES``: distillation from 03, pruning from 05 and 06, the final model from 09) between their marker comments, and a
 test keeps the README and the records equal.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .evidence import compare
 from .experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
 
 __all__ = ["REFERENCE_DIR", "MISSING", "load", "per_seed", "describe", "run_reference", "kd_table",
-           "pruning_table", "TABLES", "markers", "update_readme"]
+           "pruning_table", "final_table", "TABLES", "markers", "update_readme"]
 
 REFERENCE_DIR = REPO / "data" / "reference"
 FULL = REPO / "params" / "full.yaml"
@@ -101,18 +101,22 @@ def run_reference(notebooks=("03", "04", "05", "06"), seeds=(0, 1, 2), folder=No
             out = work / f"{stem}-seed{seed}"
             start = time.perf_counter()
             run_sequence([str(nb)], out, {**parameters_for(nb, full), **_parameters_for_seed(declared, seed)})
-            run = read_record(record_path(out, nb.name)) or {}
-            params = {k: v for k, v in run.get("parameters", {}).items() if k not in ("out_dir", "data_root", "seed")}
-            record["parameters"] = {k: v for k, v in params.items() if k not in ("few_seeds", "seeds")}
-            record["seeds"][str(seed)] = {"metrics": run.get("metrics", {}),
-                                          "wall_s": round(time.perf_counter() - start, 1),
-                                          "versions": {k: v for k, v in run.get("versions", {}).items() if k != "host"},
-                                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            add_seed(record, seed, read_record(record_path(out, nb.name)) or {}, time.perf_counter() - start)
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(folder / f"{stem}.json", record)  # after every seed: an interrupted run keeps what it did
             print(f"{stem} seed {seed}: recorded in {time.perf_counter() - start:.0f} s", flush=True)
         done[stem] = record
     return done
+
+
+def add_seed(record: dict, seed: int, run: dict, wall_s: float) -> dict:
+    """Put one finished run record (``<notebook>.record.json``) into ``record`` as ``seed``."""
+    params = {k: v for k, v in run.get("parameters", {}).items() if k not in ("out_dir", "data_root", "seed")}
+    record["parameters"] = {k: v for k, v in params.items() if k not in ("few_seeds", "seeds")}
+    record["seeds"][str(seed)] = {"metrics": run.get("metrics", {}), "wall_s": round(wall_s, 1),
+                                  "versions": {k: v for k, v in run.get("versions", {}).items() if k != "host"},
+                                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return record
 
 
 def _mean_std(values) -> str:
@@ -196,7 +200,45 @@ def pruning_table(folder=None) -> str:
     return "\n".join([head, *rows])
 
 
-TABLES = {"kd": kd_table, "pruning": pruning_table}  # README marker name -> table
+def _pm(values, fmt: str = ".2f", unit: str = "") -> str:
+    values = list(values)
+    spread = f" ± {statistics.stdev(values):{fmt.lstrip('+')}}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):{fmt}}{unit}{spread}"
+
+
+TARGETS = (("x smaller", 10.0), ("x faster @1", 3.0), ("x faster @256", 3.0), ("points vs teacher", -1.5))
+
+
+def final_table(folder=None) -> str:
+    """The README's final-model table: every model of notebook 09 as int8 in onnxruntime, over seeds."""
+    record = load("09_quantize_and_deploy", folder)
+    if record is None:
+        return ("No reference records yet: `python -m distill_utils reference --only 09` writes "
+                "`data/reference/09_quantize_and_deploy.json`, then `--readme` fills this table.")
+    rows = {}  # model -> list of its per-seed table rows
+    for entry in record["seeds"].values():
+        for row in entry["metrics"].get("final_table", []):
+            rows.setdefault(row["model"], []).append(row)
+    picks = [f"seed {s}: {e['metrics'].get('final_model')}" for s, e in sorted(record["seeds"].items())]
+    p, variants = record["parameters"], sorted({e["metrics"].get("chosen_variant") for e in record["seeds"].values()})
+    lines = [f"Notebook 09 with {describe(record)}: each candidate trained on {p.get('train_images'):,} images for "
+             f"{p.get('epochs')} epochs (T={p.get('T')}, alpha={p.get('alpha')}); every model int8 "
+             f"({' / '.join(map(str, variants))}) in "
+             "onnxruntime against the fp32 teacher in PyTorch, speed-ups paired by timing round; mean ± std over "
+             f"seeds. Final model picked per seed: {'; '.join(picks)}.", "",
+             "| model (int8, onnxruntime) | test accuracy | vs teacher (points) | bytes | x smaller | x faster @1 "
+             "| x faster @256 | seeds meeting every target |", "|---|---|---|---|---|---|---|---|"]
+    for model, runs in rows.items():
+        met = sum(all(r[k] >= goal for k, goal in TARGETS) for r in runs)
+        lines.append(f"| {model} | {_pm((100 * r['acc int8'] for r in runs), unit='%')} | "
+                     f"{_pm((r['points vs teacher'] for r in runs), '+.2f')} | "
+                     f"{_pm((r['bytes int8'] for r in runs), ',.0f')} | "
+                     + " | ".join(_pm((r[k] for r in runs), ".1f", "x") for k, _ in TARGETS[:3])
+                     + f" | {met} of {len(runs)} |")
+    return "\n".join(lines)
+
+
+TABLES = {"kd": kd_table, "pruning": pruning_table, "final": final_table}  # README marker name -> table
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -54,10 +54,12 @@ def test_update_readme_rewrites_only_between_the_markers(tmp_path):
     write_record(tmp_path / "ref", {0: (0.9, 0.91, 0.85, 0.86)})
     readme = tmp_path / "README.md"
     (kd_start, kd_end), (pr_start, pr_end) = reference.markers("kd"), reference.markers("pruning")
-    readme.write_text(f"before\n{kd_start}\nold table\n{kd_end}\nmiddle\n{pr_start}\nold\n{pr_end}\nafter\n")
+    fin_start, fin_end = reference.markers("final")
+    readme.write_text(f"before\n{kd_start}\nold table\n{kd_end}\nmiddle\n{pr_start}\nold\n{pr_end}\n"
+                      f"{fin_start}\n{fin_end}\nafter\n")
     assert reference.update_readme(readme, tmp_path / "ref") is True
     text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith(f"{pr_end}\nafter\n") and "old table" not in text
+    assert text.startswith("before\n") and text.endswith(f"{fin_end}\nafter\n") and "old table" not in text
     assert f"{kd_end}\nmiddle\n{pr_start}\nNo reference records yet" in text
     assert "too few seeds to conclude" in text  # one seed: no verdict
     assert reference.update_readme(readme, tmp_path / "ref") is False  # idempotent
@@ -136,3 +138,24 @@ def test_pruning_table_rows_come_from_the_records(tmp_path):
     assert any(line.startswith(gradual) and "| +0.20 ± 0.10 |" in line for line in lines)
     assert ("| channels -50% (L1) + fine-tune with the teacher, 60,000 images x 5 epochs | 92.40 ± 0.10% | "
             "-0.60 ± 0.10 | 4.0x fewer FLOPs, 2.1x fewer parameters |") in lines
+
+
+def test_final_table_summarises_every_model_over_seeds(tmp_path):
+    assert "--only 09" in reference.final_table(tmp_path)
+
+    def row(model, acc, smaller, fast1, fast256, seed):
+        return {"model": model, "acc int8": acc + seed / 1000, "points vs teacher": 100 * (acc + seed / 1000 - 0.93),
+                "bytes int8": 100_000, "x smaller": smaller, "x faster @1": fast1, "x faster @256": fast256 + seed}
+    record = {"notebook": "09_quantize_and_deploy", "params_file": "params/full.yaml",
+              "parameters": {"train_images": 60000, "epochs": 10, "T": 4.0, "alpha": 0.5},
+              "seeds": {str(s): {"metrics": {"final_model": "small", "chosen_variant": "static QDQ u8",
+                                             "final_table": [row("teacher", 0.93, 3.8, 4.0, 1.0, s),
+                                                             row("small", 0.92, 20.0, 8.0, 2.0, s)]},
+                                 "wall_s": 1.0, "versions": {}, "finished": "t"} for s in (0, 1, 2)}}
+    (tmp_path / "09_quantize_and_deploy.json").write_text(json.dumps(record))
+    lines = reference.final_table(tmp_path).splitlines()
+    assert "seed 0: small; seed 1: small; seed 2: small" in lines[0] and "static QDQ u8" in lines[0]
+    # x faster @256 of small: 2, 3, 4 -> seed 0 misses the 3x target, seeds 1 and 2 meet every target
+    assert ("| small | 92.10% ± 0.10 | -0.90 ± 0.10 | 100,000 ± 0 | 20.0x ± 0.0 | 8.0x ± 0.0 | 3.0x ± 1.0 "
+            "| 2 of 3 |") in lines
+    assert lines[-2].startswith("| teacher |") and lines[-2].endswith("| 0 of 3 |")
