@@ -181,7 +181,7 @@ def cmd_reference(args) -> int:
             changed = update_readme()
             print("README.md: reference table " + ("rewritten" if changed else "already up to date"))
             return 0
-        run_reference(args.only or ("03", "04", "05", "06"), args.seeds)
+        run_reference(args.only or ("03", "04", "05", "06", "09"), args.seeds)
     except (ValueError, FileNotFoundError) as err:
         print(f"FAIL: {err}", file=sys.stderr)
         return 2
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("reference", help="full-size reference runs (params/full.yaml, per seed) into data/reference/")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="seeds to run (default 0 1 2); recorded ones are skipped")
-    p.add_argument("--only", nargs="+", help="notebooks (names or number prefixes; default 03 04 05 06)")
+    p.add_argument("--only", nargs="+", help="notebooks (names or number prefixes; default 03 04 05 06 09)")
     p.add_argument("--readme", action="store_true",
                    help="rewrite the README's result table from the records, run nothing")
     p.set_defaults(func=cmd_reference)

@@ -79,7 +79,7 @@ def _parameters_for_seed(declared: set, seed: int) -> dict:
     return own
 
 
-def run_reference(notebooks=("03", "04", "05", "06"), seeds=(0, 1, 2), folder=None, work=None,
+def run_reference(notebooks=("03", "04", "05", "06", "09"), seeds=(0, 1, 2), folder=None, work=None,
                   params_file=None) -> dict:
     """Run each notebook at full size once per missing seed; returns {notebook: record}."""
     import yaml
