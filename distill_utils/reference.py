@@ -137,12 +137,15 @@ def kd_table(folder=None) -> str:
     settings = (("scratch_test_acc", "distilled_test_acc",
                  f"all {'60,000' if not p.get('train_subset') else p['train_subset']} labels, {p.get('epochs')} epochs"
                  + (", crop + flip" if p.get("augment") else "")),
-                ("few_scratch", "few_distilled", f"{p.get('few_labels')} labels, {p.get('few_epochs')} epochs"))
+                ("few_scratch", "few_distilled", f"{p.get('few_labels')} labels, {p.get('few_epochs')} epochs"),
+                ("few_scratch", "transfer", f"{p.get('few_labels')} labels vs the teacher alone on "
+                 f"{p.get('few_labels', 0) + p.get('transfer_images', 0):,} images, labels hidden (a transfer set), "
+                 f"{p.get('transfer_epochs')} epochs"))
     for scratch_key, kd_key, label in settings:
         scratch, kd = per_seed(record, scratch_key), per_seed(record, kd_key)
         if not scratch or not kd:
             continue
-        c = compare(kd, scratch, "KD", "scratch")
+        c = compare(kd, scratch, "the transfer set" if kd_key == "transfer" else "KD", "scratch")
         gap = 100 * teacher[0] - c.mean_b
         rows.append(f"| {label} | {100 * teacher[0]:.2f}% | {_mean_std(scratch.values())} | {_mean_std(kd.values())} | "
                     f"{100 * c.diff / gap:.0f}% | {c.sentence()} |")

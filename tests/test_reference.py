@@ -40,6 +40,21 @@ def test_table_rows_come_from_the_records(tmp_path):
     assert full.endswith("KD beats scratch by 1.03 ± 0.06 points (3 seeds, every seed) |")
     few = next(line for line in lines if line.startswith("| 3000 labels, 15 epochs |"))
     assert "85.00 ± 0.20%" in few and "86.17 ± 0.15%" in few
+    assert not any("transfer set" in line for line in lines)  # records without the metric: no row
+
+
+def test_transfer_set_row(tmp_path):
+    record = write_record(tmp_path, {0: (0.9, 0.91, 0.850, 0.86), 1: (0.9, 0.91, 0.852, 0.86),
+                                     2: (0.9, 0.91, 0.848, 0.86)})
+    record["parameters"].update(transfer_images=57000, transfer_epochs=15)
+    for s, acc in ((0, 0.91), (1, 0.912), (2, 0.905)):
+        record["seeds"][str(s)]["metrics"]["transfer"] = {str(s): acc}
+    (tmp_path / "03_knowledge_distillation.json").write_text(json.dumps(record))
+    row = reference.kd_table(tmp_path).splitlines()[-1]
+    # scratch 85.0, 85.2, 84.8; transfer 91.0, 91.2, 90.5: +6.0, +6.0, +5.7 of an 8.02-point gap: 74%
+    assert row.startswith("| 3000 labels vs the teacher alone on 60,000 images, labels hidden (a transfer set), "
+                          "15 epochs | 93.02% | 85.00 ± 0.20% | 90.90 ± 0.36% | 74% | ")
+    assert row.endswith("| the transfer set beats scratch by 5.9 ± 0.2 points (3 seeds, every seed) |"), row
 
 
 def test_missing_records_say_how_to_make_them(tmp_path):
