@@ -199,7 +199,7 @@ def cmd_search(args) -> int:
     from .checkpoints import CheckpointError
     from .data import DataError
     from .report import write_report
-    from .search import search
+    from .search import search, study_summary
     out = args.out or f"runs/search-{Path(args.space).stem}"
     try:
         df = search(args.space, args.trials, out, args.workers, args.scheduler, args.storage, args.study)
@@ -217,6 +217,10 @@ def cmd_search(args) -> int:
           + front.drop(columns=["pareto", "state"]).to_string(index=False))
     html, _ = write_report(df.attrs["out"])
     print(f"report: {html}")
+    if args.summary:
+        from ._io import atomic_write_json
+        atomic_write_json(args.summary, study_summary(out, args.storage, args.study))
+        print(f"summary of the study (its front with test accuracies): {args.summary}")
     return 0
 
 
@@ -268,6 +272,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("search", help="Optuna search of compression settings (accuracy vs cost); rerun to continue")
     p.add_argument("--space", default="params/search.yaml", help="the search space (default params/search.yaml)")
     p.add_argument("--trials", type=int, required=True, help="finished trials the study should have in all")
+    p.add_argument("--summary", help="then write a compact JSON of the study and its front, with each front model's "
+                                     "test accuracy (e.g. data/reference/search_full.json for the README)")
     p.add_argument("--out", help="study folder (default runs/search-<space>); the same folder continues the study")
     p.add_argument("--workers", type=int, default=1, help="worker processes here, or Dask tasks with --scheduler")
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port); workers share the storage")

@@ -25,7 +25,7 @@ from .evidence import compare
 from .experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
 
 __all__ = ["REFERENCE_DIR", "MISSING", "load", "per_seed", "describe", "run_reference", "kd_table",
-           "pruning_table", "final_table", "TABLES", "markers", "update_readme"]
+           "pruning_table", "final_table", "search_table", "TABLES", "markers", "update_readme"]
 
 REFERENCE_DIR = REPO / "data" / "reference"
 FULL = REPO / "params" / "full.yaml"
@@ -241,7 +241,62 @@ def final_table(folder=None) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"kd": kd_table, "pruning": pruning_table, "final": final_table}  # README marker name -> table
+def _settings(entry: dict) -> str:
+    if entry.get("model") == "pruned_teacher":
+        ratios = [entry[k] for k in sorted(entry) if k.startswith("prune_ratio_")]
+        what = "teacher, channels -" + "/".join(f"{r:.0%}" for r in ratios)
+    else:
+        what = f"student x{entry.get('student_width', 1.0):.2f}"
+    return (f"{what}; {entry.get('loss')}, T={entry.get('T'):.2g}, alpha={entry.get('alpha'):.2f}, "
+            f"lr={entry.get('lr'):.2g}, {entry.get('epochs_run')} epoch(s)")
+
+
+def search_table(folder=None) -> str:
+    """The README's search result: the full-size study's Pareto front (``search_full.json``, written
+    by ``search --summary``) beside the hand-made models of notebook 09's reference record."""
+    path = Path(folder or REFERENCE_DIR) / "search_full.json"
+    if not path.exists():
+        return ("No full-size study summary yet: `python -m distill_utils search --space params/search.yaml "
+                "--trials 60 --out runs/search-full --summary data/reference/search_full.json` writes it.")
+    study = json.loads(path.read_text())
+    states = ", ".join(f"{n} {s}" for s, n in sorted(study["states"].items()))
+    epochs, n = study["space"]["epochs"], study["train_images"]
+    lines = [f"{study['trials']} trials ({states}), cost `{study['settings']['cost']}`, each candidate at most "
+             f"{epochs['high'] if isinstance(epochs, dict) else epochs} epochs on {n:,} images, scored on "
+             f"{study['settings']['val_images']:,} held-out images; compute: {study['trial_seconds'] / 3600:.1f} "
+             f"hours of trials on a 2-core CPU, {study['image_epochs'] / n:.0f} epochs of {n:,} images in all. "
+             "The front, one training run per model (the search's seed), test accuracy evaluated afterwards:", "",
+             "| trial | model and settings | parameters | validation accuracy | test accuracy |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {e['trial']} | {_settings(e)} | {e['params']:,} | {100 * e['val_acc']:.2f}% | "
+              f"{100 * e['test_acc']:.2f}% |" for e in study["front"]]
+    record = load("09_quantize_and_deploy", folder)
+    if record is None:
+        return "\n".join(lines)
+    hand = {}
+    for entry in record["seeds"].values():
+        for row in entry["metrics"].get("final_table", []):
+            if row["model"] != "teacher" and "+ KD" in row["model"]:
+                hand.setdefault(row["model"], (row["params"], []))[1].append(row["test_acc"])
+    p = record["parameters"]
+    lines += ["", f"Against the hand-made models of notebook 09 ({describe(record)}; {p.get('epochs')} epochs on "
+              f"{p.get('train_images'):,} images, fp32 test accuracy, mean over seeds):", "",
+              "| hand-made model | parameters | test accuracy | best front model with no more parameters | "
+              "its test accuracy | difference (points) |", "|---|---|---|---|---|---|"]
+    for model, (n_params, accs) in hand.items():
+        mean = statistics.mean(accs)
+        cheaper = [e for e in study["front"] if e["params"] <= n_params]
+        if not cheaper:
+            lines.append(f"| {model} | {n_params:,} | {100 * mean:.2f}% | none | | |")
+            continue
+        best = max(cheaper, key=lambda e: e["test_acc"])
+        lines.append(f"| {model} | {n_params:,} | {100 * mean:.2f}% | trial {best['trial']} ({best['params']:,}) | "
+                     f"{100 * best['test_acc']:.2f}% | {100 * (best['test_acc'] - mean):+.2f} |")
+    return "\n".join(lines)
+
+
+TABLES = {"kd": kd_table, "pruning": pruning_table, "final": final_table,
+          "search": search_table}  # README marker name -> table
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -45,7 +45,8 @@ from ._io import atomic_write_bytes, atomic_write_json
 from .params import RULES, fraction, positive
 
 __all__ = ["SpaceError", "load_space", "fingerprint", "search", "trials_table", "pareto_mask", "dominates", "context",
-           "complete_choice", "build_candidate", "measure_cost", "train_candidate", "COSTS", "RECORD_NAME"]
+           "complete_choice", "build_candidate", "measure_cost", "train_candidate", "study_summary", "COSTS",
+           "RECORD_NAME"]
 
 RECORD_NAME = "search"  # every trial's record: out/trial-NNNN/search.record.json
 COSTS = ("params", "flops", "latency_ms")
@@ -651,3 +652,29 @@ def trials_table(out, storage=None, name: str | None = None):
         df.loc[done, "pareto"] = pareto_mask(list(df.loc[done, "val_acc"]), list(df.loc[done, config["cost"]]))
     df.attrs.update(config=config, out=str(out))
     return df
+
+
+def study_summary(out, storage=None, name: str | None = None) -> dict:
+    """A compact, JSON-ready record of a study for the README (``--summary``): its settings and
+    space, how many trials ended how, the compute it took, and its Pareto front, each front
+    model with its test accuracy (evaluated here, fp32; the search itself never sees the test set)."""
+    from .checkpoints import load_checkpoint
+    from .train import evaluate
+    df = trials_table(out, storage, name)
+    config = df.attrs["config"]
+    ctx = context(config)
+    params = [c for c in df.columns if c in SPACE or c.startswith("prune_ratio_")]
+    front = []
+    for _, row in df[df.pareto].sort_values(config["cost"]).iterrows():
+        model = load_checkpoint(Path(df.attrs["out"]) / f"trial-{int(row.trial):04d}" / "model.safetensors")[0]
+        entry = {"trial": int(row.trial), "val_acc": round(float(row.val_acc), 4),
+                 "test_acc": round(evaluate(model, ctx.test, precision="fp32"), 4),
+                 **{k: int(row[k]) for k in ("params", "flops", "epochs_run")}}
+        entry.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row[params].items() if v == v})
+        front.append(entry)
+    return {"settings": {k: v for k, v in config.items() if k != "space"}, "space": config["space"],
+            "train_images": len(ctx.train), "trials": len(df),
+            "states": {k: int(v) for k, v in df.state.value_counts().items()},
+            "trial_seconds": round(float(df.seconds.fillna(0).sum())),
+            "image_epochs": int(df.epochs_run.fillna(0).sum() * len(ctx.train)),
+            "front": front}

@@ -68,14 +68,14 @@ def test_missing_records_say_how_to_make_them(tmp_path):
 def test_update_readme_rewrites_only_between_the_markers(tmp_path):
     write_record(tmp_path / "ref", {0: (0.9, 0.91, 0.85, 0.86)})
     readme = tmp_path / "README.md"
-    (kd_start, kd_end), (pr_start, pr_end) = reference.markers("kd"), reference.markers("pruning")
-    fin_start, fin_end = reference.markers("final")
-    readme.write_text(f"before\n{kd_start}\nold table\n{kd_end}\nmiddle\n{pr_start}\nold\n{pr_end}\n"
-                      f"{fin_start}\n{fin_end}\nafter\n")
+    kd_start, kd_end = reference.markers("kd")
+    others = "".join("{}\nold\n{}\n".format(*reference.markers(name)) for name in reference.TABLES if name != "kd")
+    readme.write_text(f"before\n{kd_start}\nold table\n{kd_end}\nmiddle\n{others}after\n")
     assert reference.update_readme(readme, tmp_path / "ref") is True
     text = readme.read_text()
-    assert text.startswith("before\n") and text.endswith(f"{fin_end}\nafter\n") and "old table" not in text
-    assert f"{kd_end}\nmiddle\n{pr_start}\nNo reference records yet" in text
+    last_end = reference.markers(list(reference.TABLES)[-1])[1]
+    assert text.startswith("before\n") and text.endswith(f"{last_end}\nafter\n") and "\nold" not in text
+    assert f"{kd_end}\nmiddle\n{reference.markers('pruning')[0]}\nNo reference records yet" in text
     assert "too few seeds to conclude" in text  # one seed: no verdict
     assert reference.update_readme(readme, tmp_path / "ref") is False  # idempotent
     readme.write_text("no markers here\n")
@@ -174,3 +174,33 @@ def test_final_table_summarises_every_model_over_seeds(tmp_path):
     assert ("| small | 92.10% ± 0.10 | -0.90 ± 0.10 | 100,000 ± 0 | 20.0x ± 0.0 | 8.0x ± 0.0 | 3.0x ± 1.0 "
             "| 2 of 3 |") in lines
     assert lines[-2].startswith("| teacher |") and lines[-2].endswith("| 0 of 3 |")
+
+
+def test_search_table_sets_the_front_beside_the_hand_made_models(tmp_path):
+    assert "--summary data/reference/search_full.json" in reference.search_table(tmp_path)
+    study = {"settings": {"cost": "params", "val_images": 10000}, "space": {"epochs": {"low": 1, "high": 5}},
+             "train_images": 50000, "trials": 3, "states": {"complete": 2, "pruned": 1}, "trial_seconds": 7200,
+             "image_epochs": 400000,
+             "front": [{"trial": 2, "val_acc": 0.9, "test_acc": 0.895, "params": 50000, "flops": 1, "epochs_run": 5,
+                        "model": "student_cnn", "student_width": 1.5, "T": 2.0, "alpha": 0.5, "loss": "kd",
+                        "lr": 0.003},
+                       {"trial": 0, "val_acc": 0.93, "test_acc": 0.925, "params": 300000, "flops": 1, "epochs_run": 4,
+                        "model": "pruned_teacher", "prune_ratio_1": 0.5, "prune_ratio_2": 0.6, "prune_ratio_3": 0.7,
+                        "T": 4.0, "alpha": 0.9, "loss": "dkd", "lr": 0.001}]}
+    (tmp_path / "search_full.json").write_text(json.dumps(study))
+    record = {"notebook": "09_quantize_and_deploy", "params_file": "params/full.yaml",
+              "parameters": {"train_images": 60000, "epochs": 10},
+              "seeds": {str(s): {"metrics": {"final_table": [
+                  {"model": "teacher", "params": 688362, "test_acc": 0.93},
+                  {"model": "student x2 + KD", "params": 98554, "test_acc": 0.92 + s / 1000},
+                  {"model": "student x0.5 + KD", "params": 10000, "test_acc": 0.85}]}} for s in (0, 1, 2)}}
+    (tmp_path / "09_quantize_and_deploy.json").write_text(json.dumps(record))
+    lines = reference.search_table(tmp_path).splitlines()
+    assert lines[0].startswith("3 trials (2 complete, 1 pruned), cost `params`, each candidate at most 5 epochs on "
+                               "50,000 images")
+    assert "2.0 hours of trials" in lines[0] and "8 epochs of 50,000" in lines[0]
+    assert "| 2 | student x1.50; kd, T=2, alpha=0.50, lr=0.003, 5 epoch(s) | 50,000 | 90.00% | 89.50% |" in lines
+    assert "| 0 | teacher, channels -50%/60%/70%; dkd, T=4, alpha=0.90, lr=0.001, 4 epoch(s) | 300,000 |" \
+        " 93.00% | 92.50% |" in lines
+    assert "| student x2 + KD | 98,554 | 92.10% | trial 2 (50,000) | 89.50% | -2.60 |" in lines
+    assert "| student x0.5 + KD | 10,000 | 85.00% | none | | |" in lines

@@ -130,7 +130,16 @@ def test_failing_trial_is_recorded_and_the_study_goes_on_then_resumes(tiny, tmp_
     # the same search again: nothing left to do; more trials: only the new ones run
     calls.clear()
     assert len(S.search(tiny, 4, out, progress=False)) == 4 and calls == []
-    assert states(S.search(tiny, 5, out, progress=False)) == {"complete": 4, "fail": 1} and len(calls) == 1
+    df = S.search(tiny, 5, out, progress=False)
+    assert states(df) == {"complete": 4, "fail": 1} and len(calls) == 1
+    # the summary for the README: the front (cheapest first), each model's test accuracy, the compute
+    summary = json.loads(json.dumps(S.study_summary(out)))  # JSON-ready
+    front = df[df.pareto].sort_values("params")
+    assert summary["trials"] == 5 and summary["states"] == {"complete": 4, "fail": 1}
+    assert [e["trial"] for e in summary["front"]] == list(front.trial)
+    assert [e["params"] for e in summary["front"]] == list(front.params)
+    assert all(0 <= e["test_acc"] <= 1 and e["model"] in ("student_cnn", "pruned_teacher") for e in summary["front"])
+    assert summary["image_epochs"] == int(df.epochs_run.fillna(0).sum()) * summary["train_images"]
     # a folder made by another space is refused, with the difference
     other = yaml.safe_load(tiny.read_text())
     other["space"]["T"] = {"low": 1.0, "high": 8.0, "log": True}
