@@ -25,7 +25,7 @@ _NOT_SWEPT = {"param.out_dir", "param.seed", "param.data_root"}
 def swept_parameters(df) -> list[str]:
     """Parameter columns (without ``param.``) whose values differ between runs, seed excluded."""
     cols = [c for c in df.columns if c.startswith("param.") and c not in _NOT_SWEPT]
-    return [c[len("param."):] for c in cols if df[c].astype(str).nunique() > 1]
+    return [c[len("param."):] for c in cols if df[c].astype(str).nunique(dropna=False) > 1]
 
 
 def summarise_sweep(df, metric: str):
@@ -35,7 +35,7 @@ def summarise_sweep(df, metric: str):
     column = f"metric.{metric}"
     if not swept:
         return ok[[column]].agg(["mean", "std", "count"]).T.reset_index(drop=True)
-    table = ok.groupby(swept)[column].agg(["mean", "std", "count"]).reset_index()
+    table = ok.groupby(swept, dropna=False)[column].agg(["mean", "std", "count"]).reset_index()  # keep unset values
     return table.rename(columns={c: c[len("param."):] for c in swept})
 
 

@@ -190,6 +190,14 @@ def test_sweep_with_a_failure_then_retry_and_report(tmp_path):
     assert "<img" in html.read_text() and "Sweep of tiny: y" in md.read_text() and "| 1 | 10.5000" in md.read_text()
 
 
+def test_sweep_summary_keeps_runs_whose_swept_value_is_unset():
+    import pandas as pd
+    df = pd.DataFrame({"status": ["ok"] * 4, "param.width": [1.0, None, 1.0, None],
+                       "param.seed": [0, 0, 1, 1], "metric.acc": [0.8, 0.9, 0.82, 0.92]})
+    table = summarise_sweep(df, "acc")  # e.g. search trials: pruned teachers have no student width
+    assert table["count"].tolist() == [2, 2] and table["mean"].tolist() == pytest.approx([0.81, 0.91])
+
+
 def test_sweep_rejects_unknown_parameter(tmp_path):
     with pytest.raises(ValueError, match="has no parameter 'alhpa'; its parameters are: x, fail_on, seed, out_dir"):
         sweep(tiny_notebook(tmp_path), {"alhpa": [1]}, out=tmp_path / "s", progress=False)
