@@ -175,7 +175,8 @@ def cmd_pretrained(args) -> int:
 
 def cmd_reference(args) -> int:
     """Full-size reference records in data/reference/ (resumable), or the README table from them."""
-    from .reference import run_reference, update_readme
+    from .reference import run_reference
+    from .tables import update_readme
     try:
         if args.readme:
             changed = update_readme()

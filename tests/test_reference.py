@@ -1,9 +1,9 @@
-"""Reference records: the README's table is generated from data/reference/, runs are resumable."""
+"""Reference records (resumable runs) and the README's tables generated from them (tables.py)."""
 import json
 
 import pytest
 
-from distill_utils import reference
+from distill_utils import reference, tables
 from distill_utils.experiments import REPO
 
 
@@ -31,7 +31,7 @@ def test_per_seed_reads_plain_and_nested_metrics(tmp_path):
 def test_table_rows_come_from_the_records(tmp_path):
     write_record(tmp_path, {0: (0.900, 0.910, 0.850, 0.862), 1: (0.902, 0.913, 0.848, 0.860),
                             2: (0.901, 0.911, 0.852, 0.863)})
-    table = reference.kd_table(tmp_path)
+    table = tables.kd_table(tmp_path)
     lines = table.splitlines()
     assert lines[0].startswith("Fashion-MNIST, `student_cnn` (width 1.0), T=4.0, alpha=0.9, params/full.yaml, 3 seeds")
     full = next(line for line in lines if line.startswith("| all 60,000 labels, 15 epochs, crop + flip |"))
@@ -50,7 +50,7 @@ def test_transfer_set_row(tmp_path):
     for s, acc in ((0, 0.91), (1, 0.912), (2, 0.905)):
         record["seeds"][str(s)]["metrics"]["transfer"] = {str(s): acc}
     (tmp_path / "03_knowledge_distillation.json").write_text(json.dumps(record))
-    row = reference.kd_table(tmp_path).splitlines()[-1]
+    row = tables.kd_table(tmp_path).splitlines()[-1]
     # scratch 85.0, 85.2, 84.8; transfer 91.0, 91.2, 90.5: +6.0, +6.0, +5.7 of an 8.02-point gap: 74%
     assert row.startswith("| 3000 labels vs the teacher alone on 60,000 images, labels hidden (a transfer set), "
                           "15 epochs | 93.02% | 85.00 ± 0.20% | 90.90 ± 0.36% | 74% | ")
@@ -59,7 +59,7 @@ def test_transfer_set_row(tmp_path):
 
 def test_missing_records_say_how_to_make_them(tmp_path):
     assert reference.load("03_knowledge_distillation", tmp_path) is None
-    assert "python -m distill_utils reference --only 03" in reference.kd_table(tmp_path)
+    assert "python -m distill_utils reference --only 03" in tables.kd_table(tmp_path)
     (tmp_path / "03_knowledge_distillation.json").write_text("{not json")
     with pytest.raises(ValueError, match="unreadable.*delete it and rerun"):
         reference.load("03_knowledge_distillation", tmp_path)
@@ -68,19 +68,19 @@ def test_missing_records_say_how_to_make_them(tmp_path):
 def test_update_readme_rewrites_only_between_the_markers(tmp_path):
     write_record(tmp_path / "ref", {0: (0.9, 0.91, 0.85, 0.86)})
     readme = tmp_path / "README.md"
-    kd_start, kd_end = reference.markers("kd")
-    others = "".join("{}\nold\n{}\n".format(*reference.markers(name)) for name in reference.TABLES if name != "kd")
+    kd_start, kd_end = tables.markers("kd")
+    others = "".join("{}\nold\n{}\n".format(*tables.markers(name)) for name in tables.TABLES if name != "kd")
     readme.write_text(f"before\n{kd_start}\nold table\n{kd_end}\nmiddle\n{others}after\n")
-    assert reference.update_readme(readme, tmp_path / "ref") is True
+    assert tables.update_readme(readme, tmp_path / "ref") is True
     text = readme.read_text()
-    last_end = reference.markers(list(reference.TABLES)[-1])[1]
+    last_end = tables.markers(list(tables.TABLES)[-1])[1]
     assert text.startswith("before\n") and text.endswith(f"{last_end}\nafter\n") and "\nold" not in text
-    assert f"{kd_end}\nmiddle\n{reference.markers('pruning')[0]}\nNo reference records yet" in text
+    assert f"{kd_end}\nmiddle\n{tables.markers('pruning')[0]}\nNo reference records yet" in text
     assert "too few seeds to conclude" in text  # one seed: no verdict
-    assert reference.update_readme(readme, tmp_path / "ref") is False  # idempotent
+    assert tables.update_readme(readme, tmp_path / "ref") is False  # idempotent
     readme.write_text("no markers here\n")
     with pytest.raises(ValueError, match="no markers for the kd table"):
-        reference.update_readme(readme, tmp_path / "ref")
+        tables.update_readme(readme, tmp_path / "ref")
 
 
 def test_runs_are_resumable_and_one_seed_at_a_time(tmp_path, monkeypatch):
@@ -111,8 +111,8 @@ def test_runs_are_resumable_and_one_seed_at_a_time(tmp_path, monkeypatch):
 
 def test_readme_tables_match_the_committed_records():
     text = (REPO / "README.md").read_text()
-    for name, table in reference.TABLES.items():
-        start, end = reference.markers(name)
+    for name, table in tables.TABLES.items():
+        start, end = tables.markers(name)
         assert start in text and end in text, f"README lost the markers of its {name} table"
         shown = text.split(start, 1)[1].split(end, 1)[0].strip()
         assert shown == table().strip(), \
@@ -139,11 +139,11 @@ def write_pruning_records(folder):
 
 
 def test_pruning_table_rows_come_from_the_records(tmp_path):
-    assert "--only 05 06" in reference.pruning_table(tmp_path)
+    assert "--only 05 06" in tables.pruning_table(tmp_path)
     write_pruning_records(tmp_path)
     assert reference.per_seed(reference.load("06_channel_pruning", tmp_path), ("finetuned", "0.5")) == \
         {0: 0.925, 1: 0.924, 2: 0.923}
-    lines = reference.pruning_table(tmp_path).splitlines()
+    lines = tables.pruning_table(tmp_path).splitlines()
     assert "notebook 05: params/full.yaml, 3 seeds (0, 1, 2); notebook 06: params/full.yaml, 3 seeds" in lines[0]
     assert "| dense teacher | 93.00% | | |" in lines
     # one-shot 92.00, 92.10, 92.20: mean 92.10 ± 0.10, vs dense -0.90 ± 0.10; sparse file 8x smaller
@@ -156,7 +156,7 @@ def test_pruning_table_rows_come_from_the_records(tmp_path):
 
 
 def test_final_table_summarises_every_model_over_seeds(tmp_path):
-    assert "--only 09" in reference.final_table(tmp_path)
+    assert "--only 09" in tables.final_table(tmp_path)
 
     def row(model, acc, smaller, fast1, fast256, seed):
         return {"model": model, "acc int8": acc + seed / 1000, "points vs teacher": 100 * (acc + seed / 1000 - 0.93),
@@ -168,16 +168,16 @@ def test_final_table_summarises_every_model_over_seeds(tmp_path):
                                                              row("small", 0.92, 20.0, 8.0, 2.0, s)]},
                                  "wall_s": 1.0, "versions": {}, "finished": "t"} for s in (0, 1, 2)}}
     (tmp_path / "09_quantize_and_deploy.json").write_text(json.dumps(record))
-    lines = reference.final_table(tmp_path).splitlines()
+    lines = tables.final_table(tmp_path).splitlines()
     assert "seed 0: small; seed 1: small; seed 2: small" in lines[0] and "static QDQ u8" in lines[0]
     # x faster @256 of small: 2, 3, 4 -> seed 0 misses the 3x target, seeds 1 and 2 meet every target
-    assert ("| small | 92.10% ± 0.10 | -0.90 ± 0.10 | 100,000 ± 0 | 20.0x ± 0.0 | 8.0x ± 0.0 | 3.0x ± 1.0 "
+    assert ("| small | 92.10 ± 0.10% | -0.90 ± 0.10 | 100,000 ± 0 | 20.0 ± 0.0x | 8.0 ± 0.0x | 3.0 ± 1.0x "
             "| 2 of 3 |") in lines
     assert lines[-2].startswith("| teacher |") and lines[-2].endswith("| 0 of 3 |")
 
 
 def test_search_table_sets_the_front_beside_the_hand_made_models(tmp_path):
-    assert "--summary data/reference/search_full.json" in reference.search_table(tmp_path)
+    assert "--summary data/reference/search_full.json" in tables.search_table(tmp_path)
     study = {"settings": {"cost": "params", "val_images": 10000}, "space": {"epochs": {"low": 1, "high": 5}},
              "train_images": 50000, "trials": 3, "states": {"complete": 2, "pruned": 1}, "trial_seconds": 7200,
              "image_epochs": 400000,
@@ -195,7 +195,7 @@ def test_search_table_sets_the_front_beside_the_hand_made_models(tmp_path):
                   {"model": "student x2 + KD", "params": 98554, "test_acc": 0.92 + s / 1000},
                   {"model": "student x0.5 + KD", "params": 10000, "test_acc": 0.85}]}} for s in (0, 1, 2)}}
     (tmp_path / "09_quantize_and_deploy.json").write_text(json.dumps(record))
-    lines = reference.search_table(tmp_path).splitlines()
+    lines = tables.search_table(tmp_path).splitlines()
     assert lines[0].startswith("3 trials (2 complete, 1 pruned), cost `params`, each candidate at most 5 epochs on "
                                "50,000 images")
     assert "2.0 hours of trials" in lines[0] and "8 epochs of 50,000" in lines[0]

@@ -1,0 +1,215 @@
+"""The result tables generated from the reference records (``data/reference/``, see ``reference``).
+
+``python -m distill_utils reference --readme`` rewrites each table of ``TABLES`` in the README
+between its two marker comments (``markers``), and ``tests/test_reference.py`` fails when the
+README and the records disagree. Notebook 09 shows ``final_table`` beside its own run.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .evidence import compare
+from .experiments import REPO
+from .reference import REFERENCE_DIR, describe, load, per_seed
+
+__all__ = ["kd_table", "pruning_table", "final_table", "search_table", "TABLES", "markers", "update_readme"]
+
+
+def _pm(values, fmt: str = ".2f", unit: str = "") -> str:
+    """``mean ± std{unit}`` of ``values`` (just the value for one)."""
+    values = list(values)
+    spread = f" ± {statistics.stdev(values):{fmt.lstrip('+')}}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):{fmt}}{spread}{unit}"
+
+
+def _percent(values) -> str:
+    return _pm((100 * v for v in values), unit="%")
+
+
+def _points(fractions) -> str:
+    return _pm((100 * v for v in fractions), "+.2f")
+
+
+def kd_table(folder=None) -> str:
+    """The README's KD result table, from ``data/reference/03_knowledge_distillation.json``."""
+    record = load("03_knowledge_distillation", folder)
+    if record is None:
+        return ("No reference records yet: `python -m distill_utils reference --only 03` writes "
+                "`data/reference/03_knowledge_distillation.json`, then `--readme` fills this table.")
+    p, rows = record["parameters"], []
+    teacher = [e["metrics"].get("teacher_acc") for e in record["seeds"].values()]
+    settings = (("scratch_test_acc", "distilled_test_acc",
+                 f"all {'60,000' if not p.get('train_subset') else p['train_subset']} labels, {p.get('epochs')} epochs"
+                 + (", crop + flip" if p.get("augment") else "")),
+                ("few_scratch", "few_distilled", f"{p.get('few_labels')} labels, {p.get('few_epochs')} epochs"),
+                ("few_scratch", "transfer", f"{p.get('few_labels')} labels vs the teacher alone on "
+                 f"{p.get('few_labels', 0) + p.get('transfer_images', 0):,} images, labels hidden (a transfer set), "
+                 f"{p.get('transfer_epochs')} epochs"))
+    for scratch_key, kd_key, label in settings:
+        scratch, kd = per_seed(record, scratch_key), per_seed(record, kd_key)
+        if not scratch or not kd:
+            continue
+        c = compare(kd, scratch, "the transfer set" if kd_key == "transfer" else "KD", "scratch")
+        gap = 100 * teacher[0] - c.mean_b
+        rows.append(f"| {label} | {100 * teacher[0]:.2f}% | {_percent(scratch.values())} | {_percent(kd.values())} | "
+                    f"{100 * c.diff / gap:.0f}% | {c.sentence()} |")
+    head = (f"Fashion-MNIST, `{p.get('student_name', 'student_cnn')}` (width {p.get('student_width', 1.0)}), "
+            f"T={p.get('T')}, alpha={p.get('alpha')}, {describe(record)}:\n\n"
+            "| setting | teacher | student from scratch | distilled student | gap closed | verdict |\n"
+            "|---|---|---|---|---|---|")
+    return "\n".join([head, *rows])
+
+
+SCHEDULES = {"one-shot": "one-shot + fine-tune", "iterative": "iterative (Han et al. 2015)",
+             "gradual": "gradual (Zhu & Gupta 2017, cubic schedule)",
+             "one-shot, teacher": "one-shot + fine-tune with the teacher"}
+
+
+def pruning_table(folder=None) -> str:
+    """The README's pruning table, from the records of notebooks 05 (magnitude) and 06 (channels)."""
+    magnitude, channels = load("05_magnitude_pruning", folder), load("06_channel_pruning", folder)
+    if magnitude is None and channels is None:
+        return ("No reference records yet: `python -m distill_utils reference --only 05 06` writes them, "
+                "then `--readme` fills this table.")
+    rows, dense = [], None
+    if magnitude is not None:
+        m, p = next(iter(magnitude["seeds"].values()))["metrics"], magnitude["parameters"]
+        dense = m["dense_acc"]
+        shrank = (f"file {m['bytes']['dense_file'] / m['bytes']['sparse_file']:.1f}x smaller stored sparse; "
+                  "same FLOPs")
+        for schedule in m.get("finetuned", {}):
+            acc = per_seed(magnitude, ("finetuned", schedule))
+            rows.append(f"| {m['target']:.0%} of weights zero (global L1), {SCHEDULES.get(schedule, schedule)}, "
+                        f"{p.get('finetune_images'):,} images x {p.get('finetune_epochs')} epochs | "
+                        f"{_percent(acc.values())} | {_points(v - dense for v in acc.values())} | {shrank} |")
+    if channels is not None:
+        m, p = next(iter(channels["seeds"].values()))["metrics"], channels["parameters"]
+        dense, costs = m["dense_acc"], m["costs"]
+        how = "with the teacher" if p.get("use_teacher", True) else "on labels"
+        for ratio in m.get("finetuned", {}):
+            acc, c = per_seed(channels, ("finetuned", ratio)), costs[ratio]
+            rows.append(f"| channels -{float(ratio):.0%} ({p.get('criterion', 'l1').upper()}) + fine-tune {how}, "
+                        f"{p.get('finetune_images'):,} images x {p.get('finetune_epochs')} epochs | "
+                        f"{_percent(acc.values())} | {_points(v - dense for v in acc.values())} | "
+                        f"{costs['dense']['flops'] / c['flops']:.1f}x fewer FLOPs, "
+                        f"{costs['dense']['params'] / c['params']:.1f}x fewer parameters |")
+    sources = "; ".join(f"notebook {r['notebook'][:2]}: {describe(r)}" for r in (magnitude, channels) if r)
+    head = (f"Fashion-MNIST, the shipped teacher pruned and fine-tuned ({sources}); accuracy is mean ± std "
+            "over seeds, *vs dense* in percentage points:\n\n"
+            "| model | test accuracy | vs dense | what shrank |\n|---|---|---|---|\n"
+            f"| dense teacher | {100 * dense:.2f}% | | |")
+    return "\n".join([head, *rows])
+
+
+TARGETS = (("x smaller", 10.0), ("x faster @1", 3.0), ("x faster @256", 3.0), ("points vs teacher", -1.5))
+
+
+def final_table(folder=None) -> str:
+    """The README's final-model table: every model of notebook 09 as int8 in onnxruntime, over seeds."""
+    record = load("09_quantize_and_deploy", folder)
+    if record is None:
+        return ("No reference records yet: `python -m distill_utils reference --only 09` writes "
+                "`data/reference/09_quantize_and_deploy.json`, then `--readme` fills this table.")
+    rows = {}  # model -> list of its per-seed table rows
+    for entry in record["seeds"].values():
+        for row in entry["metrics"].get("final_table", []):
+            rows.setdefault(row["model"], []).append(row)
+    picks = [f"seed {s}: {e['metrics'].get('final_model')}" for s, e in sorted(record["seeds"].items())]
+    p, variants = record["parameters"], sorted({e["metrics"].get("chosen_variant") for e in record["seeds"].values()})
+    lines = [f"Notebook 09 with {describe(record)}: each candidate trained on {p.get('train_images'):,} images for "
+             f"{p.get('epochs')} epochs (T={p.get('T')}, alpha={p.get('alpha')}); every model int8 "
+             f"({' / '.join(map(str, variants))}) in "
+             "onnxruntime against the fp32 teacher in PyTorch, speed-ups paired by timing round; mean ± std over "
+             f"seeds. Final model picked per seed: {'; '.join(picks)}.", "",
+             "| model (int8, onnxruntime) | test accuracy | vs teacher (points) | bytes | x smaller | x faster @1 "
+             "| x faster @256 | seeds meeting every target |", "|---|---|---|---|---|---|---|---|"]
+    for model, runs in rows.items():
+        met = sum(all(r[k] >= goal for k, goal in TARGETS) for r in runs)
+        lines.append(f"| {model} | {_percent(r['acc int8'] for r in runs)} | "
+                     f"{_pm((r['points vs teacher'] for r in runs), '+.2f')} | "
+                     f"{_pm((r['bytes int8'] for r in runs), ',.0f')} | "
+                     + " | ".join(_pm((r[k] for r in runs), ".1f", "x") for k, _ in TARGETS[:3])
+                     + f" | {met} of {len(runs)} |")
+    return "\n".join(lines)
+
+
+def _settings(entry: dict) -> str:
+    if entry.get("model") == "pruned_teacher":
+        ratios = [entry[k] for k in sorted(entry) if k.startswith("prune_ratio_")]
+        what = "teacher, channels -" + "/".join(f"{r:.0%}" for r in ratios)
+    else:
+        what = f"student x{entry.get('student_width', 1.0):.2f}"
+    return (f"{what}; {entry.get('loss')}, T={entry.get('T'):.2g}, alpha={entry.get('alpha'):.2f}, "
+            f"lr={entry.get('lr'):.2g}, {entry.get('epochs_run')} epoch(s)")
+
+
+def search_table(folder=None) -> str:
+    """The README's search result: the full-size study's Pareto front (``search_full.json``, written
+    by ``search --summary``) beside the hand-made models of notebook 09's reference record."""
+    path = Path(folder or REFERENCE_DIR) / "search_full.json"
+    if not path.exists():
+        return ("No full-size study summary yet: `python -m distill_utils search --space params/search.yaml "
+                "--trials 60 --out runs/search-full --summary data/reference/search_full.json` writes it.")
+    study = json.loads(path.read_text())
+    states = ", ".join(f"{n} {s}" for s, n in sorted(study["states"].items()))
+    epochs, n = study["space"]["epochs"], study["train_images"]
+    lines = [f"{study['trials']} trials ({states}), cost `{study['settings']['cost']}`, each candidate at most "
+             f"{epochs['high'] if isinstance(epochs, dict) else epochs} epochs on {n:,} images, scored on "
+             f"{study['settings']['val_images']:,} held-out images; compute: {study['trial_seconds'] / 3600:.1f} "
+             f"hours of trials on a 2-core CPU, {study['image_epochs'] / n:.0f} epochs of {n:,} images in all. "
+             "The front, one training run per model (the search's seed), test accuracy evaluated afterwards:", "",
+             "| trial | model and settings | parameters | validation accuracy | test accuracy |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {e['trial']} | {_settings(e)} | {e['params']:,} | {100 * e['val_acc']:.2f}% | "
+              f"{100 * e['test_acc']:.2f}% |" for e in study["front"]]
+    record = load("09_quantize_and_deploy", folder)
+    if record is None:
+        return "\n".join(lines)
+    hand = {}
+    for entry in record["seeds"].values():
+        for row in entry["metrics"].get("final_table", []):
+            if row["model"] != "teacher" and "+ KD" in row["model"]:
+                hand.setdefault(row["model"], (row["params"], []))[1].append(row["test_acc"])
+    p = record["parameters"]
+    lines += ["", f"Against the hand-made models of notebook 09 ({describe(record)}; {p.get('epochs')} epochs on "
+              f"{p.get('train_images'):,} images, fp32 test accuracy, mean over seeds):", "",
+              "| hand-made model | parameters | test accuracy | best front model with no more parameters | "
+              "its test accuracy | difference (points) |", "|---|---|---|---|---|---|"]
+    for model, (n_params, accs) in hand.items():
+        mean = statistics.mean(accs)
+        cheaper = [e for e in study["front"] if e["params"] <= n_params]
+        if not cheaper:
+            lines.append(f"| {model} | {n_params:,} | {100 * mean:.2f}% | none | | |")
+            continue
+        best = max(cheaper, key=lambda e: e["test_acc"])
+        lines.append(f"| {model} | {n_params:,} | {100 * mean:.2f}% | trial {best['trial']} ({best['params']:,}) | "
+                     f"{100 * best['test_acc']:.2f}% | {100 * (best['test_acc'] - mean):+.2f} |")
+    return "\n".join(lines)
+
+
+TABLES = {"kd": kd_table, "pruning": pruning_table, "final": final_table,
+          "search": search_table}  # README marker name -> table
+
+
+def markers(name: str) -> tuple[str, str]:
+    return (f"<!-- reference {name}: start (python -m distill_utils reference --readme) -->",
+            f"<!-- reference {name}: end -->")
+
+
+def update_readme(readme=None, folder=None) -> bool:
+    """Rewrite each table between its README markers; returns whether anything changed."""
+    readme = Path(readme or REPO / "README.md")
+    text = new = readme.read_text()
+    for name, table in TABLES.items():
+        start, end = markers(name)
+        if start not in new or end not in new:
+            raise ValueError(f"{readme} has no markers for the {name} table; put the lines\n{start}\n{end}\n"
+                             "where the table belongs")
+        before, rest = new.split(start, 1)
+        _, after = rest.split(end, 1)
+        new = f"{before}{start}\n{table(folder)}\n{end}{after}"
+    if new != text:
+        readme.write_text(new)
+    return new != text
