@@ -2,6 +2,7 @@
 
     python bench/readme_minutes.py runs/20261130-051500            # print what would change
     python bench/readme_minutes.py runs/20261130-051500 --write    # rewrite README.md
+    python bench/readme_minutes.py runs/a runs/b --write           # notebooks not in a come from b
 
 Each notebook's minutes are the ``wall_s`` of its ``<notebook>.record.json`` in that folder (a
 ``make run`` at the workshop defaults writes one per notebook). Only rows of notebooks with an
@@ -50,24 +51,33 @@ def update_readme(text: str, minutes: dict[str, float], source: str) -> str:
             line = f"| `{m['notebook']}.ipynb` |{m['middle']}| {minutes[m['notebook']]:.1f} |"
         lines.append(line)
     new = "\n".join(lines) + ("\n" if text.endswith("\n") else "")
-    note = (f"Minutes are from the records of one run at the workshop defaults ({source}: each notebook's "
+    runs = "runs" if ";" in source else "one run"
+    note = (f"Minutes are from the records of {runs} at the workshop defaults ({source}: each notebook's "
             "`wall_s`), written by `bench/readme_minutes.py`.")
     return NOTE.sub(note, new, count=1) if NOTE.search(new) else new
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", help="a runs/<timestamp> folder written by `make run`")
+    parser.add_argument("folders", nargs="+", help="runs/<timestamp> folders written by `make run` (or single "
+                        "notebook runs); a notebook's minutes come from the first folder that has it")
     parser.add_argument("--write", action="store_true", help="rewrite README.md (default: print the new rows)")
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args(argv)
-    minutes = minutes_from_records(args.folder)
+    minutes, sources = {}, []
+    for folder in map(Path, args.folders):
+        own = {k: v for k, v in minutes_from_records(folder).items() if k not in minutes}
+        minutes.update(own)
+        started = sorted(json.loads(p.read_text()).get("started", "")[:16] for p in folder.glob("*.record.json"))
+        source = f"`{folder.name}`"
+        if started and started[0]:
+            source += f", started {started[0].replace('T', ' ')} UTC"
+        if len(args.folders) > 1:
+            source += ": " + ", ".join(sorted(k[:2] for k in own))
+        sources.append(source)
     readme = Path(args.readme)
     text = readme.read_text()
-    started = sorted(json.loads(p.read_text()).get("started", "")[:16] for p in Path(args.folder).glob("*.record.json"))
-    source = f"`{Path(args.folder).name}`"
-    if started and started[0]:
-        source += f", started {started[0].replace('T', ' ')} UTC"
+    source = "; ".join(sources)
     new = update_readme(text, minutes, source)
     for name, value in minutes.items():
         print(f"{name:40} {value:5.1f} min")

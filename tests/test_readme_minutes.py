@@ -57,3 +57,17 @@ def test_missing_or_empty_run_folder_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no finished notebook records"):
         readme_minutes.minutes_from_records(tmp_path / "empty")
+
+
+def test_several_runs_first_one_wins_and_each_is_named(tmp_path):
+    quiet, extra = tmp_path / "quiet-run", tmp_path / "dev"
+    write(quiet, "00_setup", wall_s=12.0)
+    write(extra, "00_setup", wall_s=600.0)  # the first folder's record wins
+    write(extra, "06_channel_pruning", wall_s=120.0)
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert readme_minutes.main([str(quiet), str(extra), "--write", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| `00_setup.ipynb` | environment check | 0.2 |" in text and "| channels | 2.0 |" in text
+    assert ("Minutes are from the records of runs at the workshop defaults (`quiet-run`, started 2026-11-30 05:00 "
+            "UTC: 00; `dev`, started 2026-11-30 05:00 UTC: 06: each notebook's") in text
