@@ -106,6 +106,7 @@ class Comparison:
     unit: str = "points"
     higher_is_better: bool = True
     unpaired: dict = field(default_factory=dict)
+    over: str = "seed"  # what the repeats are, in the sentence: seeds, or timing rounds
 
     @property
     def seeds(self) -> list[int]:
@@ -161,23 +162,23 @@ class Comparison:
         return f"{text} {self.unit}".rstrip()
 
     def sentence(self) -> str:
-        seeds = f"{self.n} seed" + ("s" if self.n != 1 else "")
+        seeds = f"{self.n} {self.over}" + ("s" if self.n != 1 else "")
         lower = "" if self.higher_is_better else "lower is better; "
         verdict = self.verdict
         if verdict in ("better", "worse"):
             count = self.wins if verdict == "better" else self.losses
-            how = "every seed" if count == self.n else f"{count} of {self.n}"
+            how = f"every {self.over}" if count == self.n else f"{count} of {self.n}"
             verb = "beats" if verdict == "better" else "is worse than"
             text = f"{self.name_a} {verb} {self.name_b} by {self._amount(self.diff)} ({lower}{seeds}, {how})"
         elif verdict == "no measurable difference":
             text = (f"no measurable difference between {self.name_a} and {self.name_b} "
                     f"({self._amount(self.diff, True)}, {lower}{seeds})")
         else:
-            text = (f"too few seeds to conclude: {self.name_a} vs {self.name_b} "
+            text = (f"too few {self.over}s to conclude: {self.name_a} vs {self.name_b} "
                     f"{self._amount(self.diff, True)} ({lower}{seeds}; a verdict needs {MIN_SEEDS})")
         if self.unpaired:
             left = "; ".join(f"{name} {', '.join(map(str, seeds))}" for name, seeds in self.unpaired.items())
-            text += f" [left out, no partner seed: {left}]"
+            text += f" [left out, no partner {self.over}: {left}]"
         return text
 
     def __str__(self) -> str:
@@ -191,15 +192,16 @@ class Comparison:
         return dict(name_a=self.name_a, name_b=self.name_b, seeds=self.seeds, n=self.n,
                     mean_a=self.mean_a, std_a=self.std_a, mean_b=self.mean_b, std_b=self.std_b,
                     diff=self.diff, diff_std=self.diff_std, ci=list(self.ci), wins=self.wins,
-                    verdict=self.verdict, sentence=self.sentence(), unit=self.unit)
+                    verdict=self.verdict, sentence=self.sentence(), unit=self.unit, over=self.over)
 
 
 def compare(a: Mapping, b: Mapping, name_a: str, name_b: str, *, higher_is_better: bool = True,
-            unit: str = "points", scale: float = 100.0) -> Comparison:
+            unit: str = "points", scale: float = 100.0, over: str = "seed") -> Comparison:
     """Compare two methods' per-seed results ``{seed: metric}``, paired by seed (notebook 03).
 
     Values are multiplied by ``scale`` (default 100: accuracy in [0, 1] -> percentage points;
-    use ``scale=1.0, unit="ms", higher_is_better=False`` for latency). Seeds only one side has
+    use ``scale=1.0, unit="ms", higher_is_better=False, over="round"`` for latency measured in
+    interleaved timing rounds: ``over`` names the repeats in the sentence). Seeds only one side has
     are left out (and named in the sentence). Raises ``ValueError`` for empty results, values
     that are not finite numbers, or no seed in common.
     """
@@ -214,7 +216,7 @@ def compare(a: Mapping, b: Mapping, name_a: str, name_b: str, *, higher_is_bette
                 for name, side in ((name_a, sa), (name_b, sb))}
     return Comparison(name_a, name_b, {s: sa[s] for s in shared}, {s: sb[s] for s in shared},
                       unit=unit, higher_is_better=higher_is_better,
-                      unpaired={k: v for k, v in unpaired.items() if v})
+                      unpaired={k: v for k, v in unpaired.items() if v}, over=over)
 
 
 def summary(results: Mapping[str, Mapping], scale: float = 100.0):

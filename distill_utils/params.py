@@ -99,6 +99,7 @@ RULES = {
     "epochs": count, "few_epochs": count, "finetune_epochs": count, "batch_size": count,
     "n_images": count, "few_labels": count, "labelled": count, "finetune_images": count,
     "train_subset": non_negative, "seed": non_negative, "layer": non_negative,
+    "transfer_images": non_negative, "transfer_epochs": count,
     "lr": positive, "width": positive, "student_width": positive,
     "T": _range(0, low_open=True, what="the temperature"), "similarity_T": positive,
     "alpha": _range(0, 1, what="the weight of the distillation term"),

@@ -75,6 +75,15 @@ def test_lower_is_better_flips_the_wording():
     assert r.verdict == "worse" and r.sentence().startswith("fp32 is worse than int8 by 1.05 ± 0.05 ms")
 
 
+def test_timing_rounds_are_named_as_rounds():
+    c = compare({0: 9.0, 1: 9.2, 2: 9.1}, {0: 12.0, 1: 12.1, 2: 12.3}, "int8", "fp32",
+                higher_is_better=False, unit="ms", scale=1.0, over="round")
+    assert c.sentence() == "int8 beats fp32 by 3.0 ± 0.2 ms (lower is better; 3 rounds, every round)"
+    assert c.verdict == "better" and c.as_dict()["over"] == "round"
+    few = compare({0: 9.0}, {0: 12.0}, "int8", "fp32", higher_is_better=False, unit="ms", scale=1.0, over="round")
+    assert few.sentence().startswith("too few rounds to conclude: int8 vs fp32 -3.0 ms (lower is better; 1 round;")
+
+
 def test_seeds_are_paired_and_unpaired_ones_left_out():
     # seed 3 only in a, seed 9 only in b; string seeds (from JSON) count as the same seeds
     a = {"0": 0.86, "1": 0.87, "2": 0.85, "3": 0.10}
