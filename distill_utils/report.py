@@ -20,6 +20,7 @@ from .experiments import RECORD, collect, read_record
 __all__ = ["write_report", "swept_parameters", "summarise_sweep", "plot_sweep"]
 
 _NOT_SWEPT = {"param.out_dir", "param.seed", "param.data_root"}
+FOUR = "{:.4f}".format  # a callable: pandas 3 rejects a "%.4f" string for nullable float columns
 
 
 def swept_parameters(df) -> list[str]:
@@ -67,7 +68,8 @@ def plot_sweep(table, swept: list[str], metric: str):
         fig.colorbar(im, ax=ax, label=f"{metric} (mean)")
     else:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        x = table[swept].astype(str).agg(", ".join, axis=1) if swept else ["all runs"]
+        unset = table[swept].isna()  # a parameter some runs never set (e.g. a pruned model's width): "-"
+        x = table[swept].astype(str).mask(unset, "-").agg(", ".join, axis=1) if swept else ["all runs"]
         ax.errorbar(range(len(table)), table["mean"], yerr=table["std"].fillna(0), fmt="o-", capsize=4)
         ax.set_xticks(range(len(table)), list(x), rotation=20 if len(swept) > 1 else 0)
         counts = sorted(set(int(c) for c in table["count"]))
@@ -134,7 +136,7 @@ def write_report(path, title: str | None = None) -> tuple[Path, Path]:
         if len(group) > 1 and metric and f"metric.{metric}" in group:
             swept = swept_parameters(group)
             table = summarise_sweep(group, metric)
-            html_parts += [f"<h2>Sweep of {notebook}: {metric}</h2>", table.to_html(index=False, float_format="%.4f")]
+            html_parts += [f"<h2>Sweep of {notebook}: {metric}</h2>", table.to_html(index=False, float_format=FOUR)]
             md += [f"## Sweep of {notebook}: {metric}", "", _md_table(table), ""]
             if len(table) > 1:
                 html_parts.append(_figure_html(plot_sweep(table, swept, metric)))
@@ -150,7 +152,7 @@ def write_report(path, title: str | None = None) -> tuple[Path, Path]:
     rows = _final_rows(final)
     if rows:
         table = pd.DataFrame(rows)
-        html_parts += ["<h2>Final comparison</h2>", table.to_html(index=False, float_format="%.4f")]
+        html_parts += ["<h2>Final comparison</h2>", table.to_html(index=False, float_format=FOUR)]
         md += ["## Final comparison", "", _md_table(table), ""]
 
     if len(df) == df.notebook.nunique():  # a tutorial run, not a sweep: where each saved model came from

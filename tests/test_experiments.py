@@ -198,6 +198,18 @@ def test_sweep_summary_keeps_runs_whose_swept_value_is_unset():
     assert table["count"].tolist() == [2, 2] and table["mean"].tolist() == pytest.approx([0.81, 0.91])
 
 
+def test_report_of_runs_whose_swept_value_is_sometimes_unset(tmp_path):
+    for i, (width, seed, acc) in enumerate([(1.0, 0, 0.8), (None, 0, 0.9), (1.0, 1, 0.82), (None, 1, 0.92)]):
+        run = tmp_path / f"trial-{i}"
+        run.mkdir()
+        params = {"seed": seed, **({"width": width} if width is not None else {})}
+        (run / "search.record.json").write_text(json.dumps(
+            {"notebook": "search", "status": "ok", "parameters": params, "seed": seed, "metrics": {"acc": acc},
+             "main_metric": "acc", "wall_s": 1.0}))
+    html, md = write_report(tmp_path)  # pandas 3: nullable columns and missing labels in the plot
+    assert "| 1.0000 | 0.8100 | 0.0141 | 2 |" in md.read_text() and "<img" in html.read_text()
+
+
 def test_sweep_rejects_unknown_parameter(tmp_path):
     with pytest.raises(ValueError, match="has no parameter 'alhpa'; its parameters are: x, fail_on, seed, out_dir"):
         sweep(tiny_notebook(tmp_path), {"alhpa": [1]}, out=tmp_path / "s", progress=False)
