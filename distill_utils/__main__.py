@@ -175,14 +175,14 @@ def cmd_pretrained(args) -> int:
 
 def cmd_reference(args) -> int:
     """Full-size reference records in data/reference/ (resumable), or the README table from them."""
-    from .reference import run_reference
+    from .reference import NOTEBOOKS, run_reference
     from .tables import update_readme
     try:
         if args.readme:
             changed = update_readme()
             print("README.md: reference table " + ("rewritten" if changed else "already up to date"))
             return 0
-        run_reference(args.only or ("03", "04", "05", "06", "09"), args.seeds)
+        run_reference(args.only or NOTEBOOKS, args.seeds)
     except (ValueError, FileNotFoundError) as err:
         print(f"FAIL: {err}", file=sys.stderr)
         return 2

@@ -20,10 +20,11 @@ from pathlib import Path
 from ._io import atomic_write_json
 from .experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
 
-__all__ = ["REFERENCE_DIR", "MISSING", "load", "per_seed", "describe", "run_reference", "add_seed"]
+__all__ = ["REFERENCE_DIR", "NOTEBOOKS", "MISSING", "load", "per_seed", "describe", "run_reference", "add_seed"]
 
 REFERENCE_DIR = REPO / "data" / "reference"
 FULL = REPO / "params" / "full.yaml"
+NOTEBOOKS = ("03", "04", "05", "06", "09")  # what `make reference` runs
 MISSING = ("No full-size reference record for `{notebook}` exists yet. `python -m distill_utils reference "
            "--only {notebook}` makes one per seed (hours on a laptop CPU); until then only this run's numbers "
            "are shown.")
@@ -74,8 +75,7 @@ def _parameters_for_seed(declared: set, seed: int) -> dict:
     return own
 
 
-def run_reference(notebooks=("03", "04", "05", "06", "09"), seeds=(0, 1, 2), folder=None, work=None,
-                  params_file=None) -> dict:
+def run_reference(notebooks=NOTEBOOKS, seeds=(0, 1, 2), folder=None, work=None, params_file=None) -> dict:
     """Run each notebook at full size once per missing seed; returns {notebook: record}."""
     import yaml
 

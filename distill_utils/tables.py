@@ -103,6 +103,15 @@ def pruning_table(folder=None) -> str:
     return "\n".join([head, *rows])
 
 
+def _rows_by_model(record: dict) -> dict:
+    """``{model: [its row of notebook 09's final table, one per seed]}``."""
+    rows = {}
+    for entry in record["seeds"].values():
+        for row in entry["metrics"].get("final_table", []):
+            rows.setdefault(row["model"], []).append(row)
+    return rows
+
+
 TARGETS = (("x smaller", 10.0), ("x faster @1", 3.0), ("x faster @256", 3.0), ("points vs teacher", -1.5))
 
 
@@ -112,10 +121,7 @@ def final_table(folder=None) -> str:
     if record is None:
         return ("No reference records yet: `python -m distill_utils reference --only 09` writes "
                 "`data/reference/09_quantize_and_deploy.json`, then `--readme` fills this table.")
-    rows = {}  # model -> list of its per-seed table rows
-    for entry in record["seeds"].values():
-        for row in entry["metrics"].get("final_table", []):
-            rows.setdefault(row["model"], []).append(row)
+    rows = _rows_by_model(record)
     picks = [f"seed {s}: {e['metrics'].get('final_model')}" for s, e in sorted(record["seeds"].items())]
     p, variants = record["parameters"], sorted({e["metrics"].get("chosen_variant") for e in record["seeds"].values()})
     lines = [f"Notebook 09 with {describe(record)}: each candidate trained on {p.get('train_images'):,} images for "
@@ -167,18 +173,14 @@ def search_table(folder=None) -> str:
     record = load("09_quantize_and_deploy", folder)
     if record is None:
         return "\n".join(lines)
-    hand = {}
-    for entry in record["seeds"].values():
-        for row in entry["metrics"].get("final_table", []):
-            if row["model"] != "teacher" and "+ KD" in row["model"]:
-                hand.setdefault(row["model"], (row["params"], []))[1].append(row["test_acc"])
+    hand = {model: runs for model, runs in _rows_by_model(record).items() if "+ KD" in model}
     p = record["parameters"]
     lines += ["", f"Against the hand-made models of notebook 09 ({describe(record)}; {p.get('epochs')} epochs on "
               f"{p.get('train_images'):,} images, fp32 test accuracy, mean over seeds):", "",
               "| hand-made model | parameters | test accuracy | best front model with no more parameters | "
               "its test accuracy | difference (points) |", "|---|---|---|---|---|---|"]
-    for model, (n_params, accs) in hand.items():
-        mean = statistics.mean(accs)
+    for model, runs in hand.items():
+        n_params, mean = runs[0]["params"], statistics.mean(r["test_acc"] for r in runs)
         cheaper = [e for e in study["front"] if e["params"] <= n_params]
         if not cheaper:
             lines.append(f"| {model} | {n_params:,} | {100 * mean:.2f}% | none | | |")
