@@ -202,6 +202,10 @@ def cmd_search(args) -> int:
     from .report import write_report
     from .search import search, study_summary
     out = args.out or f"runs/search-{Path(args.space).stem}"
+    if args.retrain_seeds and not args.summary:
+        return fail("--retrain-seeds is for the summary: add --summary FILE", 2)
+    if any(s < 0 for s in args.retrain_seeds):
+        return fail(f"--retrain-seeds takes seeds of 0 or more, got {args.retrain_seeds}", 2)
     try:
         df = search(args.space, args.trials, out, args.workers, args.scheduler, args.storage, args.study)
     except (ValueError, FileNotFoundError, DataError, CheckpointError) as err:  # SpaceError is a ValueError
@@ -220,7 +224,7 @@ def cmd_search(args) -> int:
     print(f"report: {html}")
     if args.summary:
         from ._io import atomic_write_json
-        atomic_write_json(args.summary, study_summary(out, args.storage, args.study))
+        atomic_write_json(args.summary, study_summary(out, args.storage, args.study, args.retrain_seeds))
         print(f"summary of the study (its front with test accuracies): {args.summary}")
     return 0
 
@@ -275,6 +279,9 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, required=True, help="finished trials the study should have in all")
     p.add_argument("--summary", help="then write a compact JSON of the study and its front, with each front model's "
                                      "test accuracy (e.g. data/reference/search_full.json for the README)")
+    p.add_argument("--retrain-seeds", nargs="+", type=int, default=[], metavar="SEED",
+                   help="with --summary: train each front model again with these seeds too, for its test accuracy "
+                        "over seeds (resumable: kept in each trial's seeds.json)")
     p.add_argument("--out", help="study folder (default runs/search-<space>); the same folder continues the study")
     p.add_argument("--workers", type=int, default=1, help="worker processes here, or Dask tasks with --scheduler")
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port); workers share the storage")

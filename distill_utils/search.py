@@ -45,8 +45,8 @@ from ._io import atomic_write_bytes, atomic_write_json
 from .params import RULES, fraction, positive
 
 __all__ = ["SpaceError", "load_space", "fingerprint", "search", "trials_table", "pareto_mask", "dominates", "context",
-           "complete_choice", "build_candidate", "measure_cost", "train_candidate", "study_summary", "COSTS",
-           "RECORD_NAME"]
+           "complete_choice", "build_candidate", "measure_cost", "train_candidate", "trial_choice", "study_summary",
+           "COSTS", "RECORD_NAME"]
 
 RECORD_NAME = "search"  # every trial's record: out/trial-NNNN/search.record.json
 COSTS = ("params", "flops", "latency_ms")
@@ -654,27 +654,77 @@ def trials_table(out, storage=None, name: str | None = None):
     return df
 
 
-def study_summary(out, storage=None, name: str | None = None) -> dict:
+def trial_choice(row, config: dict, teacher=None) -> dict:
+    """A trial's full choice (``complete_choice``'s form) from its ``trials_table`` row: what
+    ``train_candidate`` needs to train the same candidate again, e.g. with another seed."""
+    picked = {k: v for k, v in row.items() if (k in SPACE or k.startswith("prune_ratio_")) and v is not None and v == v}
+    layers = sorted((k for k in picked if k.startswith("prune_ratio_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    if layers:
+        picked["prune_ratios"] = [float(picked.pop(k)) for k in layers]
+    if "epochs" in picked:
+        picked["epochs"] = int(picked["epochs"])
+    return complete_choice(picked, config, teacher)
+
+
+def _retrained(file: Path) -> dict:
+    """``{seed: {"test_acc", "seconds"}}`` kept by ``_retrain``; anything else there is ignored (and redone)."""
+    from ._io import ReadRefused, read_limited
+    try:
+        data = json.loads(read_limited(file, 64 * 1024, "file of retrained seeds"))
+    except (OSError, ReadRefused, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {seed: v for seed, v in data.items() if seed.isdigit() and isinstance(v, dict)
+            and all(isinstance(v.get(k), float) for k in ("test_acc", "seconds"))}
+
+
+def _retrain(row, ctx: Context, run_dir: Path, seeds) -> dict:
+    """The trial's candidate trained again with each of ``seeds``: ``{seed: {"test_acc" (fp32),
+    "seconds"}}``, kept in ``run_dir/seeds.json`` after each one, so a stopped summary continues."""
+    from .train import evaluate
+    file = run_dir / "seeds.json"
+    done = _retrained(file) if file.exists() else {}
+    for seed in seeds:
+        if str(seed) not in done:
+            start = time.perf_counter()
+            model = train_candidate(trial_choice(row, ctx.config, ctx.teacher), ctx, seed=seed)["model"]
+            done[str(seed)] = {"test_acc": round(evaluate(model, ctx.test, precision="fp32"), 4),
+                               "seconds": round(time.perf_counter() - start, 1)}
+            atomic_write_json(file, done)
+    return {str(s): done[str(s)] for s in seeds}
+
+
+def study_summary(out, storage=None, name: str | None = None, seeds=()) -> dict:
     """A compact, JSON-ready record of a study for the README (``--summary``): its settings and
     space, how many trials ended how, the compute it took, and its Pareto front, each front
-    model with its test accuracy (evaluated here, fp32; the search itself never sees the test set)."""
+    model with its test accuracy (evaluated here, fp32; the search itself never sees the test set).
+
+    ``test_acc_seeds`` {seed: test accuracy} holds the trial's own (the space's ``seed``) and,
+    with ``seeds``, the front model trained again with each of them (resumable, see ``_retrain``;
+    ``retrain_seconds`` is what that took)."""
     from .checkpoints import load_checkpoint
     from .train import evaluate
     df = trials_table(out, storage, name)
     config = df.attrs["config"]
     ctx = context(config)
     params = [c for c in df.columns if c in SPACE or c.startswith("prune_ratio_")]
-    front = []
+    front, retrain_seconds = [], 0.0
     for _, row in df[df.pareto].sort_values(config["cost"]).iterrows():
-        model = load_checkpoint(Path(df.attrs["out"]) / f"trial-{int(row.trial):04d}" / "model.safetensors")[0]
+        trial_dir = Path(df.attrs["out"]) / f"trial-{int(row.trial):04d}"
+        model = load_checkpoint(trial_dir / "model.safetensors")[0]
         entry = {"trial": int(row.trial), "val_acc": round(float(row.val_acc), 4),
                  "test_acc": round(evaluate(model, ctx.test, precision="fp32"), 4),
                  **{k: int(row[k]) for k in ("params", "flops", "epochs_run")}}
         entry.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row[params].items() if v == v})
+        again = _retrain(row, ctx, trial_dir, [s for s in seeds if s != config["seed"]])
+        entry["test_acc_seeds"] = {str(config["seed"]): entry["test_acc"],
+                                   **{s: r["test_acc"] for s, r in again.items()}}
+        retrain_seconds += sum(r["seconds"] for r in again.values())
         front.append(entry)
     return {"settings": {k: v for k, v in config.items() if k != "space"}, "space": config["space"],
             "train_images": len(ctx.train), "trials": len(df),
             "states": {k: int(v) for k, v in df.state.value_counts().items()},
             "trial_seconds": round(float(df.seconds.fillna(0).sum())),
             "image_epochs": int(df.epochs_run.fillna(0).sum() * len(ctx.train)),
-            "front": front}
+            "retrain_seconds": round(retrain_seconds), "front": front}

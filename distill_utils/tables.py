@@ -104,11 +104,11 @@ def pruning_table(folder=None) -> str:
 
 
 def _rows_by_model(record: dict) -> dict:
-    """``{model: [its row of notebook 09's final table, one per seed]}``."""
+    """``{model: {seed: its row of notebook 09's final table}}``."""
     rows = {}
-    for entry in record["seeds"].values():
+    for seed, entry in record["seeds"].items():
         for row in entry["metrics"].get("final_table", []):
-            rows.setdefault(row["model"], []).append(row)
+            rows.setdefault(row["model"], {})[int(seed)] = row
     return rows
 
 
@@ -131,7 +131,8 @@ def final_table(folder=None) -> str:
              f"seeds. Final model picked per seed: {'; '.join(picks)}.", "",
              "| model (int8, onnxruntime) | test accuracy | vs teacher (points) | bytes | x smaller | x faster @1 "
              "| x faster @256 | seeds meeting every target |", "|---|---|---|---|---|---|---|---|"]
-    for model, runs in rows.items():
+    for model, by_seed in rows.items():
+        runs = list(by_seed.values())
         met = sum(all(r[k] >= goal for k, goal in TARGETS) for r in runs)
         lines.append(f"| {model} | {_percent(r['acc int8'] for r in runs)} | "
                      f"{_pm((r['points vs teacher'] for r in runs), '+.2f')} | "
@@ -151,43 +152,60 @@ def _settings(entry: dict) -> str:
             f"lr={entry.get('lr'):.2g}, {entry.get('epochs_run')} epoch(s)")
 
 
+def _test_acc(entry: dict) -> dict[int, float]:
+    """A front model's test accuracy per seed: the trial's own, and any retrained ones."""
+    return {int(s): a for s, a in entry["test_acc_seeds"].items()}
+
+
 def search_table(folder=None) -> str:
     """The README's search result: the full-size study's Pareto front (``search_full.json``, written
     by ``search --summary``) beside the hand-made models of notebook 09's reference record."""
     path = Path(folder or REFERENCE_DIR) / "search_full.json"
     if not path.exists():
         return ("No full-size study summary yet: `python -m distill_utils search --space params/search.yaml "
-                "--trials 60 --out runs/search-full --summary data/reference/search_full.json` writes it.")
+                "--trials 36 --out runs/search-full --summary data/reference/search_full.json "
+                "--retrain-seeds 1 2` writes it.")
     study = json.loads(path.read_text())
     states = ", ".join(f"{n} {s}" for s, n in sorted(study["states"].items()))
     epochs, n = study["space"]["epochs"], study["train_images"]
+    seeds = max(len(_test_acc(e)) for e in study["front"])
+    retrained = (f", then {study['retrain_seconds'] / 3600:.1f} hours to train each front model again with "
+                 f"{seeds - 1} more seeds" if seeds > 1 else "")
     lines = [f"{study['trials']} trials ({states}), cost `{study['settings']['cost']}`, each candidate at most "
              f"{epochs['high'] if isinstance(epochs, dict) else epochs} epochs on {n:,} images, scored on "
              f"{study['settings']['val_images']:,} held-out images; compute: {study['trial_seconds'] / 3600:.1f} "
-             f"hours of trials on a 2-core CPU, {study['image_epochs'] / n:.0f} epochs of {n:,} images in all. "
-             "The front, one training run per model (the search's seed), test accuracy evaluated afterwards:", "",
+             f"hours of trials on a 2-core CPU, {study['image_epochs'] / n:.0f} epochs of {n:,} images in all"
+             f"{retrained}. The front (test accuracy evaluated afterwards, "
+             + (f"mean ± std over {seeds} seeds: the trial and its retrainings):" if seeds > 1
+                else "one training run per model, the search's seed):"), "",
              "| trial | model and settings | parameters | validation accuracy | test accuracy |",
              "|---|---|---|---|---|"]
     lines += [f"| {e['trial']} | {_settings(e)} | {e['params']:,} | {100 * e['val_acc']:.2f}% | "
-              f"{100 * e['test_acc']:.2f}% |" for e in study["front"]]
+              f"{_percent(_test_acc(e).values())} |" for e in study["front"]]
     record = load("09_quantize_and_deploy", folder)
     if record is None:
         return "\n".join(lines)
-    hand = {model: runs for model, runs in _rows_by_model(record).items() if "+ KD" in model}
     p = record["parameters"]
     lines += ["", f"Against the hand-made models of notebook 09 ({describe(record)}; {p.get('epochs')} epochs on "
-              f"{p.get('train_images'):,} images, fp32 test accuracy, mean over seeds):", "",
-              "| hand-made model | parameters | test accuracy | best front model with no more parameters | "
-              "its test accuracy | difference (points) |", "|---|---|---|---|---|---|"]
-    for model, runs in hand.items():
-        n_params, mean = runs[0]["params"], statistics.mean(r["test_acc"] for r in runs)
+              f"{p.get('train_images'):,} images, fp32 test accuracy, mean ± std over seeds), each beside the front "
+              "model with no more parameters and the best validation accuracy, paired by seed:", "",
+              "| hand-made model | parameters | test accuracy | front model | its test accuracy "
+              "| difference (points) |",
+              "|---|---|---|---|---|---|"]
+    for model, by_seed in _rows_by_model(record).items():
+        if "+ KD" not in model:
+            continue
+        n_params, hand = by_seed[min(by_seed)]["params"], {s: r["test_acc"] for s, r in by_seed.items()}
         cheaper = [e for e in study["front"] if e["params"] <= n_params]
         if not cheaper:
-            lines.append(f"| {model} | {n_params:,} | {100 * mean:.2f}% | none | | |")
+            lines.append(f"| {model} | {n_params:,} | {_percent(hand.values())} | none this small | | |")
             continue
-        best = max(cheaper, key=lambda e: e["test_acc"])
-        lines.append(f"| {model} | {n_params:,} | {100 * mean:.2f}% | trial {best['trial']} ({best['params']:,}) | "
-                     f"{100 * best['test_acc']:.2f}% | {100 * (best['test_acc'] - mean):+.2f} |")
+        best = max(cheaper, key=lambda e: e["val_acc"])
+        c = compare(_test_acc(best), hand, f"trial {best['trial']}", model)
+        diff = _pm(c.differences, "+.2f")  # points, per paired seed
+        lines.append(f"| {model} | {n_params:,} | {_percent(hand.values())} | trial {best['trial']} "
+                     f"({best['params']:,}) | {_percent(_test_acc(best).values())} | "
+                     f"{diff} ({c.n} paired seed{'s' * (c.n > 1)}: {c.verdict}) |")
     return "\n".join(lines)
 
 

@@ -178,29 +178,41 @@ def test_final_table_summarises_every_model_over_seeds(tmp_path):
 
 def test_search_table_sets_the_front_beside_the_hand_made_models(tmp_path):
     assert "--summary data/reference/search_full.json" in tables.search_table(tmp_path)
-    study = {"settings": {"cost": "params", "val_images": 10000}, "space": {"epochs": {"low": 1, "high": 5}},
-             "train_images": 50000, "trials": 3, "states": {"complete": 2, "pruned": 1}, "trial_seconds": 7200,
-             "image_epochs": 400000,
+    study = {"settings": {"cost": "params", "val_images": 10000, "seed": 0},
+             "space": {"epochs": {"low": 1, "high": 5}}, "train_images": 50000, "trials": 3,
+             "states": {"complete": 2, "pruned": 1}, "trial_seconds": 7200, "image_epochs": 400000,
+             "retrain_seconds": 5400,
              "front": [{"trial": 2, "val_acc": 0.9, "test_acc": 0.895, "params": 50000, "flops": 1, "epochs_run": 5,
                         "model": "student_cnn", "student_width": 1.5, "T": 2.0, "alpha": 0.5, "loss": "kd",
-                        "lr": 0.003},
+                        "lr": 0.003, "test_acc_seeds": {"0": 0.895, "1": 0.897, "2": 0.893}},
+                       {"trial": 1, "val_acc": 0.89, "test_acc": 0.899, "params": 60000, "flops": 1, "epochs_run": 5,
+                        "model": "student_cnn", "student_width": 1.7, "T": 2.0, "alpha": 0.5, "loss": "kd",
+                        "lr": 0.003, "test_acc_seeds": {"0": 0.899, "1": 0.9, "2": 0.9}},
                        {"trial": 0, "val_acc": 0.93, "test_acc": 0.925, "params": 300000, "flops": 1, "epochs_run": 4,
                         "model": "pruned_teacher", "prune_ratio_1": 0.5, "prune_ratio_2": 0.6, "prune_ratio_3": 0.7,
-                        "T": 4.0, "alpha": 0.9, "loss": "dkd", "lr": 0.001}]}
+                        "T": 4.0, "alpha": 0.9, "loss": "dkd", "lr": 0.001, "test_acc_seeds": {"0": 0.925}}]}
     (tmp_path / "search_full.json").write_text(json.dumps(study))
     record = {"notebook": "09_quantize_and_deploy", "params_file": "params/full.yaml",
               "parameters": {"train_images": 60000, "epochs": 10},
               "seeds": {str(s): {"metrics": {"final_table": [
                   {"model": "teacher", "params": 688362, "test_acc": 0.93},
                   {"model": "student x2 + KD", "params": 98554, "test_acc": 0.92 + s / 1000},
+                  {"model": "channels -50% + KD", "params": 400000, "test_acc": 0.92},
                   {"model": "student x0.5 + KD", "params": 10000, "test_acc": 0.85}]}} for s in (0, 1, 2)}}
     (tmp_path / "09_quantize_and_deploy.json").write_text(json.dumps(record))
     lines = tables.search_table(tmp_path).splitlines()
     assert lines[0].startswith("3 trials (2 complete, 1 pruned), cost `params`, each candidate at most 5 epochs on "
                                "50,000 images")
     assert "2.0 hours of trials" in lines[0] and "8 epochs of 50,000" in lines[0]
-    assert "| 2 | student x1.50; kd, T=2, alpha=0.50, lr=0.003, 5 epoch(s) | 50,000 | 90.00% | 89.50% |" in lines
+    assert "then 1.5 hours to train each front model again with 2 more seeds" in lines[0]
+    assert lines[0].endswith("mean ± std over 3 seeds: the trial and its retrainings):")
+    assert "| 2 | student x1.50; kd, T=2, alpha=0.50, lr=0.003, 5 epoch(s) | 50,000 | 90.00% | 89.50 ± 0.20% |" in lines
     assert "| 0 | teacher, channels -50%/60%/70%; dkd, T=4, alpha=0.90, lr=0.001, 4 epoch(s) | 300,000 |" \
         " 93.00% | 92.50% |" in lines
-    assert "| student x2 + KD | 98,554 | 92.10% | trial 2 (50,000) | 89.50% | -2.60 |" in lines
-    assert "| student x0.5 + KD | 10,000 | 85.00% | none | | |" in lines
+    # the front model picked by validation accuracy (trial 2), not by test accuracy (trial 1)
+    assert ("| student x2 + KD | 98,554 | 92.10 ± 0.10% | trial 2 (50,000) | 89.50 ± 0.20% | -2.60 ± 0.26 "
+            "(3 paired seeds: worse) |") in lines
+    assert "| channels -50% + KD | 400,000 | 92.00 ± 0.00% | trial 0 (300,000) | 92.50% | +0.50 " \
+        "(1 paired seed: too few seeds) |" in lines
+    assert "| student x0.5 + KD | 10,000 | 85.00 ± 0.00% | none this small | | |" in lines
+    assert not any(line.startswith("| teacher |") for line in lines)

@@ -140,11 +140,50 @@ def test_failing_trial_is_recorded_and_the_study_goes_on_then_resumes(tiny, tmp_
     assert [e["params"] for e in summary["front"]] == list(front.params)
     assert all(0 <= e["test_acc"] <= 1 and e["model"] in ("student_cnn", "pruned_teacher") for e in summary["front"])
     assert summary["image_epochs"] == int(df.epochs_run.fillna(0).sum()) * summary["train_images"]
+    assert all(e["test_acc_seeds"] == {"0": e["test_acc"]} for e in summary["front"])
+    assert summary["retrain_seconds"] == 0 and not list(out.glob("trial-*/seeds.json"))
     # a folder made by another space is refused, with the difference
     other = yaml.safe_load(tiny.read_text())
     other["space"]["T"] = {"low": 1.0, "high": 8.0, "log": True}
     with pytest.raises(S.SpaceError, match=r"a different search space \(space\.T\.high: 4\.0 there, 8\.0 now\)"):
         S.search(other, 5, out, progress=False)
+
+
+def test_summary_trains_the_front_again_with_more_seeds_and_keeps_what_it_trained(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "seeds"
+    df = S.search(tiny, 3, out, progress=False)
+    ctx = S.context(df.attrs["config"])
+    # a trial's row gives back its candidate: trained again with the trial's seed, it scores the same
+    row = df[df.state == "complete"].iloc[0]
+    again = S.train_candidate(S.trial_choice(row, ctx.config, ctx.teacher), ctx)
+    assert again["val_acc"] == row.val_acc and again["params"] == row.params
+    summary = json.loads(json.dumps(S.study_summary(out, seeds=[0, 1, 2])))
+    for entry in summary["front"]:
+        accs = entry["test_acc_seeds"]
+        assert list(accs) == ["0", "1", "2"] and accs["0"] == entry["test_acc"]
+        assert all(0 <= a <= 1 for a in accs.values())
+        kept = json.loads((out / f"trial-{entry['trial']:04d}" / "seeds.json").read_text())
+        assert {s: r["test_acc"] for s, r in kept.items()} == {"1": accs["1"], "2": accs["2"]}
+    assert summary["retrain_seconds"] == round(sum(
+        r["seconds"] for p in out.glob("trial-*/seeds.json") for r in json.loads(p.read_text()).values()))
+    # again: nothing is trained twice; a damaged file is redone, only for the seeds it lost
+    calls = []
+    real = S.train_candidate
+    monkeypatch.setattr(S, "train_candidate", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    assert S.study_summary(out, seeds=[0, 1, 2])["front"] == summary["front"] and calls == []
+    first = out / f"trial-{summary['front'][0]['trial']:04d}" / "seeds.json"
+    first.write_text('{"1": "lost", "2": {"test_acc": 0.5, "seconds": 1.0}, "x": 3}')
+    assert S.study_summary(out, seeds=[1, 2])["front"][0]["test_acc_seeds"]["2"] == 0.5 and calls == [1]
+    first.write_text("not json")
+    S.study_summary(out, seeds=[2])
+    assert calls == [1, 2]
+
+
+def test_retrain_seeds_needs_a_summary_and_seeds_of_0_or_more(capsys):
+    assert cli.main(["search", "--trials", "1", "--retrain-seeds", "1"]) == 2
+    assert capsys.readouterr().err == "FAIL: --retrain-seeds is for the summary: add --summary FILE\n"
+    assert cli.main(["search", "--trials", "1", "--summary", "s.json", "--retrain-seeds", "-1"]) == 2
+    assert capsys.readouterr().err == "FAIL: --retrain-seeds takes seeds of 0 or more, got [-1]\n"
 
 
 def test_resume_after_a_kill_never_reruns_finished_trials(tiny, tmp_path):
