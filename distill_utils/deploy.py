@@ -341,9 +341,42 @@ def _first_conv(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv" and first in n.input][:1]
 
 
+def relu_before_pool(model) -> int:
+    """Move each ReLU that directly follows a MaxPool in front of it, in place; returns how many moved.
+
+    Exact: max-pooling commutes with ReLU (a non-decreasing function), so the float model
+    computes the same values. The models here pool first (ReLU on 4x fewer values), and
+    onnxruntime's QOperator quantizer then drops the ReLU while the pool passes on the
+    convolution's int8 range, negative values included: the next layer sees them (measured in
+    notebook 09). Moved in front, the ReLU is fused into the convolution's int8 output."""
+    from onnx import NodeProto
+    graph = model.graph
+    users = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    moved = 0
+    for pool in [n for n in graph.node if n.op_type == "MaxPool" and len([o for o in n.output if o]) == 1]:
+        after = users.get(pool.output[0], [])
+        if pool.output[0] in outputs or len(after) != 1 or after[0].op_type != "Relu":
+            continue
+        relu, (x, mid, y) = after[0], (pool.input[0], pool.output[0], after[0].output[0])
+        relu.input[0], relu.output[0], pool.input[0], pool.output[0] = x, mid, mid, y
+        first = NodeProto()
+        first.CopyFrom(relu)
+        relu.CopyFrom(pool)  # the pool takes the ReLU's later place in the list, the ReLU the pool's
+        pool.CopyFrom(first)
+        moved += 1
+        stale = [v for v in graph.value_info if v.name == mid]  # its shape is now the unpooled one
+        for v in stale:
+            graph.value_info.remove(v)
+    return moved
+
+
 def quantize_int8(onnx_path, out_path, calibration=None, method: str = "static", images: int = 512,
                   keep_first_conv: bool = True, per_channel: bool = True, quant_format: str = "qdq",
-                  activations: str = "u8", reduce_range: bool = False) -> Path:
+                  activations: str = "u8", reduce_range: bool = False, move_relu: bool = True) -> Path:
     """Post-training int8 quantization with onnxruntime of an ``export_onnx`` file (notebook 09).
 
     ``method="static"``: weights int8 (per output channel with ``per_channel``), activation
@@ -354,7 +387,8 @@ def quantize_int8(onnx_path, out_path, calibration=None, method: str = "static",
     leaves the first convolution in fp32: with one input channel it has almost no arithmetic to
     speed up, and quantizing it only adds conversions (measured in notebook 09 and
     ``bench/deploy_speed.py``). ``reduce_range``: 7-bit weights, for CPUs whose int8 kernels
-    can saturate. ``method="dynamic"``: weights only; activation ranges are
+    can saturate. ``move_relu`` (static): ``relu_before_pool`` first, which QOperator needs to stay
+    accurate. ``method="dynamic"``: weights only; activation ranges are
     computed per batch at run time, no calibration needed.
     Writes ``out_path`` atomically with its lineage (the fp32 file as parent). Returns it.
     """
@@ -382,8 +416,13 @@ def quantize_int8(onnx_path, out_path, calibration=None, method: str = "static",
     x = _calibration_images(calibration, images, shape, onnx_path) if method == "static" else None
     step = {"op": "quantize_int8", "method": method}
     with tempfile.TemporaryDirectory() as tmp:
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+        pre, out, start = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx", onnx_path
+        if method == "static" and move_relu:
+            moved = onnx.load_from_string(data)
+            step["relu_moved_before_pool"] = relu_before_pool(moved) or None
+            start = Path(tmp) / "moved.onnx"
+            onnx.save(moved, str(start))
+        quant_pre_process(str(start), str(pre), skip_symbolic_shape=True)
         keep = _first_conv(onnx.load(str(pre))) if keep_first_conv else []
         if method == "static":
             quantize_static(str(pre), str(out), _Calibration(name, x), per_channel=per_channel,

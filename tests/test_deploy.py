@@ -112,6 +112,33 @@ def test_runtime_scale_and_zero_point_match_hand_computation(teacher_files, fash
     assert got_scale == pytest.approx(scale, rel=1e-4) and got_zp == zp
 
 
+def test_relu_before_pool_is_exact_and_keeps_qoperator_accurate(tmp_path, teacher_files, fashion):
+    teacher, fp32, _ = teacher_files
+    model = onnx.load(fp32)
+    assert deploy.relu_before_pool(model) == 3 and deploy.relu_before_pool(model) == 0  # one per block, once
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    pools = [i for i, op in enumerate(ops) if op == "MaxPool"]
+    assert len(pools) == 3 and all(ops[i - 2:i] == ["Conv", "Relu"] for i in pools) and ops.count("Relu") == 4
+    onnx.save(model, tmp_path / "moved.onnx")
+    x = fashion.test.x[:64]
+    assert np.array_equal(deploy.predict_onnx(tmp_path / "moved.onnx", x), deploy.predict_onnx(fp32, x))
+    test = fashion.test.subset(2000, seed=1)
+    qop = deploy.quantize_int8(fp32, tmp_path / "qop.onnx", fashion.train, images=256, quant_format="qoperator")
+    assert deploy.onnx_metadata(qop)["steps"][-1]["relu_moved_before_pool"] == 3
+    assert "QLinearConv" in {n.op_type for n in onnx.load(qop).graph.node}
+    assert abs(deploy.evaluate_onnx(qop, test) - deploy.evaluate_onnx(fp32, test)) < 0.01
+
+
+def test_relu_before_pool_leaves_a_pool_with_other_readers():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")]
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Relu", ["p"], ["y"]), helper.make_node("Neg", ["p"], ["z"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs))
+    assert deploy.relu_before_pool(model) == 0 and [n.op_type for n in model.graph.node] == ["MaxPool", "Relu", "Neg"]
+
+
 def test_dynamic_int8(tmp_path, teacher_files, fashion):
     _, fp32, _ = teacher_files
     test = fashion.test.subset(500, seed=2)
