@@ -341,25 +341,30 @@ def _first_conv(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv" and first in n.input][:1]
 
 
-def relu_before_pool(model) -> int:
+def relu_before_pool(model, fp32_nodes=()) -> int:
     """Move each ReLU that directly follows a MaxPool in front of it, in place; returns how many moved.
 
     Exact: max-pooling commutes with ReLU (a non-decreasing function), so the float model
     computes the same values. The models here pool first (ReLU on 4x fewer values), and
     onnxruntime's QOperator quantizer then drops the ReLU while the pool passes on the
     convolution's int8 range, negative values included: the next layer sees them (measured in
-    notebook 09). Moved in front, the ReLU is fused into the convolution's int8 output."""
+    notebook 09). Moved in front, the ReLU is fused into the convolution's int8 output.
+    A pool reading a node of ``fp32_nodes`` keeps its ReLU after it: there the ReLU stays in
+    float and is right, and onnxruntime runs that pool 5x slower once a ReLU sits before it
+    (it leaves its blocked memory layout; ``bench/deploy_speed.py``)."""
     from onnx import NodeProto
     graph = model.graph
-    users = {}
+    users, made_by = {}, {}
     for node in graph.node:
         for name in node.input:
             users.setdefault(name, []).append(node)
+        made_by.update(dict.fromkeys(node.output, node.name))
     outputs = {o.name for o in graph.output}
     moved = 0
     for pool in [n for n in graph.node if n.op_type == "MaxPool" and len([o for o in n.output if o]) == 1]:
         after = users.get(pool.output[0], [])
-        if pool.output[0] in outputs or len(after) != 1 or after[0].op_type != "Relu":
+        if (pool.output[0] in outputs or len(after) != 1 or after[0].op_type != "Relu"
+                or made_by.get(pool.input[0]) in fp32_nodes):
             continue
         relu, (x, mid, y) = after[0], (pool.input[0], pool.output[0], after[0].output[0])
         relu.input[0], relu.output[0], pool.input[0], pool.output[0] = x, mid, mid, y
@@ -416,14 +421,13 @@ def quantize_int8(onnx_path, out_path, calibration=None, method: str = "static",
     x = _calibration_images(calibration, images, shape, onnx_path) if method == "static" else None
     step = {"op": "quantize_int8", "method": method}
     with tempfile.TemporaryDirectory() as tmp:
-        pre, out, start = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx", onnx_path
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+        prepared = onnx.load(str(pre))
+        keep = _first_conv(prepared) if keep_first_conv else []
         if method == "static" and move_relu:
-            moved = onnx.load_from_string(data)
-            step["relu_moved_before_pool"] = relu_before_pool(moved) or None
-            start = Path(tmp) / "moved.onnx"
-            onnx.save(moved, str(start))
-        quant_pre_process(str(start), str(pre), skip_symbolic_shape=True)
-        keep = _first_conv(onnx.load(str(pre))) if keep_first_conv else []
+            step["relu_moved_before_pool"] = relu_before_pool(prepared, keep) or None
+            onnx.save(prepared, str(pre))
         if method == "static":
             quantize_static(str(pre), str(out), _Calibration(name, x), per_channel=per_channel,
                             quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,

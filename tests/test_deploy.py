@@ -121,11 +121,14 @@ def test_relu_before_pool_is_exact_and_keeps_qoperator_accurate(tmp_path, teache
     pools = [i for i, op in enumerate(ops) if op == "MaxPool"]
     assert len(pools) == 3 and all(ops[i - 2:i] == ["Conv", "Relu"] for i in pools) and ops.count("Relu") == 4
     onnx.save(model, tmp_path / "moved.onnx")
+    first_conv = onnx.load(fp32)
+    assert deploy.relu_before_pool(first_conv, [first_conv.graph.node[0].name]) == 2
+    assert [n.op_type for n in first_conv.graph.node][:3] == ["Conv", "MaxPool", "Relu"]
     x = fashion.test.x[:64]
     assert np.array_equal(deploy.predict_onnx(tmp_path / "moved.onnx", x), deploy.predict_onnx(fp32, x))
     test = fashion.test.subset(2000, seed=1)
     qop = deploy.quantize_int8(fp32, tmp_path / "qop.onnx", fashion.train, images=256, quant_format="qoperator")
-    assert deploy.onnx_metadata(qop)["steps"][-1]["relu_moved_before_pool"] == 3
+    assert deploy.onnx_metadata(qop)["steps"][-1]["relu_moved_before_pool"] == 2  # not after the fp32 first conv
     assert "QLinearConv" in {n.op_type for n in onnx.load(qop).graph.node}
     assert abs(deploy.evaluate_onnx(qop, test) - deploy.evaluate_onnx(fp32, test)) < 0.01
 
