@@ -209,6 +209,8 @@ def test_search_table_sets_the_front_beside_the_hand_made_models(tmp_path):
     assert "| 2 | student x1.50; kd, T=2, alpha=0.50, lr=0.003, 5 epoch(s) | 50,000 | 90.00% | 89.50 ± 0.20% |" in lines
     assert "| 0 | teacher, channels -50%/60%/70%; dkd, T=4, alpha=0.90, lr=0.001, 4 epoch(s) | 300,000 |" \
         " 93.00% | 92.50% |" in lines
+    assert ("Validation minus test accuracy of the same model, on average over the front: pruned teachers +0.50 "
+            "points (1 model); students -0.20 points (2 models). The shipped teacher was trained") in "\n".join(lines)
     # the front model picked by validation accuracy (trial 2), not by test accuracy (trial 1)
     assert ("| student x2 + KD | 98,554 | 92.10 ± 0.10% | trial 2 (50,000) | 89.50 ± 0.20% | -2.60 ± 0.26 "
             "(3 paired seeds: worse) |") in lines
