@@ -666,7 +666,7 @@ def trial_choice(row, config: dict, teacher=None) -> dict:
     return complete_choice(picked, config, teacher)
 
 
-def _retrained(file: Path) -> dict:
+def _kept_seeds(file: Path) -> dict:
     """``{seed: {"test_acc", "seconds"}}`` kept by ``_retrain``; anything else there is ignored (and redone)."""
     from ._io import ReadRefused, read_limited
     try:
@@ -684,7 +684,7 @@ def _retrain(row, ctx: Context, run_dir: Path, seeds) -> dict:
     "seconds"}}``, kept in ``run_dir/seeds.json`` after each one, so a stopped summary continues."""
     from .train import evaluate
     file = run_dir / "seeds.json"
-    done = _retrained(file) if file.exists() else {}
+    done = _kept_seeds(file) if file.exists() else {}
     for seed in seeds:
         if str(seed) not in done:
             start = time.perf_counter()
