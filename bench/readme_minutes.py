@@ -42,8 +42,9 @@ def minutes_from_records(folder) -> dict[str, float]:
     return out
 
 
-def update_readme(text: str, minutes: dict[str, float], source: str) -> str:
-    """``text`` with the minutes column of each notebook row replaced and the note naming ``source``."""
+def update_readme(text: str, minutes: dict[str, float], sources: list[str]) -> str:
+    """``text`` with the minutes column of each notebook row replaced and the note naming the
+    ``sources`` (one per run folder)."""
     lines = []
     for line in text.splitlines():
         m = ROW.match(line)
@@ -51,8 +52,8 @@ def update_readme(text: str, minutes: dict[str, float], source: str) -> str:
             line = f"| `{m['notebook']}.ipynb` |{m['middle']}| {minutes[m['notebook']]:.1f} |"
         lines.append(line)
     new = "\n".join(lines) + ("\n" if text.endswith("\n") else "")
-    runs = "runs" if ";" in source else "one run"
-    note = (f"Minutes are from the records of {runs} at the workshop defaults ({source}: each notebook's "
+    runs = "runs" if len(sources) > 1 else "one run"
+    note = (f"Minutes are from the records of {runs} at the workshop defaults ({'; '.join(sources)}: each notebook's "
             "`wall_s`), written by `bench/readme_minutes.py`.")
     return NOTE.sub(note, new, count=1) if NOTE.search(new) else new
 
@@ -77,8 +78,7 @@ def main(argv=None) -> int:
         sources.append(source)
     readme = Path(args.readme)
     text = readme.read_text()
-    source = "; ".join(sources)
-    new = update_readme(text, minutes, source)
+    new = update_readme(text, minutes, sources)
     for name, value in minutes.items():
         print(f"{name:40} {value:5.1f} min")
     if args.write:

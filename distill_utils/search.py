@@ -684,7 +684,7 @@ def _retrain(row, ctx: Context, run_dir: Path, seeds) -> dict:
     "seconds"}}``, kept in ``run_dir/seeds.json`` after each one, so a stopped summary continues."""
     from .train import evaluate
     file = run_dir / "seeds.json"
-    done = _kept_seeds(file) if file.exists() else {}
+    done = _kept_seeds(file)  # {} when there is none yet
     for seed in seeds:
         if str(seed) not in done:
             start = time.perf_counter()

@@ -33,7 +33,7 @@ def test_minutes_come_from_ok_records_and_only_their_rows_change(tmp_path):
     write(run, "06_channel_pruning", status="failed", wall_s=5.0)  # a failed run says nothing about time
     minutes = readme_minutes.minutes_from_records(run)
     assert minutes == {"00_setup": pytest.approx(0.3), "05_magnitude_pruning": pytest.approx(4.35)}
-    new = readme_minutes.update_readme(README, minutes, "`20261130-050000`")
+    new = readme_minutes.update_readme(README, minutes, ["`20261130-050000`"])
     assert "| `00_setup.ipynb` | environment check | 0.3 |" in new
     assert "| `05_magnitude_pruning.ipynb` | weights | masks | 4.3 |" in new  # a '|' inside the description survives
     assert "| `06_channel_pruning.ipynb` | channels | 1.2 |" in new  # unchanged
