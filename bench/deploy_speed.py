@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from distill_utils import data, deploy, measure
-from distill_utils.checkpoints import load_checkpoint, load_pretrained
+from distill_utils.provenance.checkpoints import load_checkpoint, load_pretrained
 
 ORT_VARIANTS = {  # name -> quantize_int8 keyword arguments (None: the fp32 export itself)
     "onnxruntime fp32": None,

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from common import torchvision_train_set
 
-from distill_utils.checkpoints import load_pretrained
 from distill_utils.data import load_dataset
 from distill_utils.distill import distill
 from distill_utils.models import build_model
+from distill_utils.provenance.checkpoints import load_pretrained
 from distill_utils.train import resolve_precision, set_seed
 
 T, ALPHA = 4.0, 0.9

@@ -4,16 +4,16 @@
   student:  student_cnn distilled from the shipped teacher with few labels (notebook 03's
             few-label regime: `labels` images, `student_epochs` epochs, T=4, alpha=0.9)
 Each row: test accuracy mean ± std over the seeds in fp32 and bf16, and the paired verdict of
-distill_utils.evidence (bf16 vs fp32). Training time is printed too (read it as a ratio).
+distill_utils.runs.evidence (bf16 vs fp32). Training time is printed too (read it as a ratio).
 Usage: python bench/precision_accuracy.py [--seeds 0 1 2] [--epochs 3] [--labels 3000] [--student-epochs 15]
 """
 import argparse
 
-from distill_utils.checkpoints import load_pretrained
 from distill_utils.data import load_dataset
 from distill_utils.distill import distill
-from distill_utils.evidence import compare
 from distill_utils.models import build_model
+from distill_utils.provenance.checkpoints import load_pretrained
+from distill_utils.runs.evidence import compare
 from distill_utils.train import evaluate, fit, set_seed
 
 

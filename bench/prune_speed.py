@@ -9,8 +9,8 @@ import copy
 
 import torch
 
-from distill_utils.checkpoints import load_pretrained
 from distill_utils.measure import count_flops, count_nonzero, count_params, latency_ms, size_on_disk
+from distill_utils.provenance.checkpoints import load_pretrained
 from distill_utils.prune import make_permanent, prune_channels, prune_magnitude
 
 

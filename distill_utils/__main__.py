@@ -17,7 +17,7 @@ def fail(message, code: int = 1) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import DataError, load_dataset
+    from distill_utils.data import DataError, load_dataset
     try:
         ds = load_dataset(args.name, root=args.root, download=args.download)
     except (DataError, ValueError) as err:
@@ -28,8 +28,8 @@ def cmd_data(args) -> int:
 
 def _files(paths, notebooks=()) -> dict:
     """The merged contents of YAML parameter files, every name checked against the notebooks'."""
-    from .experiments import check_parameter_names
-    from .params import read_parameter_file
+    from distill_utils.runs.experiments import check_parameter_names
+    from distill_utils.runs.params import read_parameter_file
     params = {}
     for f in paths or []:
         values = read_parameter_file(f)
@@ -39,10 +39,10 @@ def _files(paths, notebooks=()) -> dict:
 
 
 def _final_table(out) -> None:
-    from .experiments import collect
+    from distill_utils.runs.experiments import collect
     df = collect(out)
     print(df[["notebook", "status", "wall_s", "main_metric"]].to_string(index=False))
-    from .report import _final_rows
+    from distill_utils.runs.report import _final_rows
     rows = _final_rows(df[(df.notebook == "07_prune_and_distill") & (df.status == "ok")])
     if rows:
         import pandas as pd
@@ -50,9 +50,9 @@ def _final_table(out) -> None:
 
 
 def cmd_run(args) -> int:
-    from .experiments import NotebookFailed, resolve_notebooks, run_sequence
-    from .params import parse_value
-    from .report import write_report
+    from distill_utils.runs.experiments import NotebookFailed, resolve_notebooks, run_sequence
+    from distill_utils.runs.params import parse_value
+    from distill_utils.runs.report import write_report
     start, failed = time.perf_counter(), None
     try:
         notebooks = resolve_notebooks(args.notebooks)
@@ -80,10 +80,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .experiments import resolve_notebooks
-    from .params import parse_value, read_parameter_file
-    from .report import write_report
-    from .sweeps import sweep
+    from distill_utils.runs.experiments import resolve_notebooks
+    from distill_utils.runs.params import parse_value, read_parameter_file
+    from distill_utils.runs.report import write_report
+    from distill_utils.runs.sweeps import sweep
     try:
         notebook = resolve_notebooks([args.notebook])
         grid = {}
@@ -106,7 +106,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from distill_utils.runs.report import write_report
     try:
         html, md = write_report(args.path)
     except FileNotFoundError as err:
@@ -114,7 +114,7 @@ def cmd_report(args) -> int:
     except OSError as err:
         return fail(f"cannot write the report into {args.path}: {err.strerror or err}")
     print(f"wrote {html} and {md}")
-    from .experiments import collect
+    from distill_utils.runs.experiments import collect
     unreadable = collect(args.path).query("status == 'unreadable'")
     if len(unreadable):
         return fail(f"{len(unreadable)} record(s) could not be read and are listed as unreadable in the report: "
@@ -123,10 +123,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_lineage(args) -> int:
-    from .checkpoints import CheckpointError, broken_links, format_lineage, lineage_chain
+    from distill_utils.provenance.checkpoints import CheckpointError, broken_links, format_lineage, lineage_chain
     try:
         if Path(args.checkpoint).suffix == ".onnx":  # an exported model: its lineage is in its metadata
-            from .deploy import onnx_lineage_chain
+            from distill_utils.deploy import onnx_lineage_chain
             chain = onnx_lineage_chain(args.checkpoint)
         else:
             chain = lineage_chain(args.checkpoint)
@@ -140,7 +140,7 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_sign(args) -> int:
-    from .checkpoints import CheckpointError, sign_checkpoint, verify_checkpoint
+    from distill_utils.provenance.checkpoints import CheckpointError, sign_checkpoint, verify_checkpoint
     try:
         if args.command == "sign":
             manifest = sign_checkpoint(args.checkpoint)
@@ -159,9 +159,9 @@ def cmd_pretrained(args) -> int:
     """Train the shipped teacher with params/full.yaml and copy it to data/pretrained/."""
     import hashlib
 
-    from .checkpoints import PRETRAINED_DIR, verify_checkpoint
-    from .experiments import REPO, run_sequence
-    from .params import read_parameter_file
+    from distill_utils.provenance.checkpoints import PRETRAINED_DIR, verify_checkpoint
+    from distill_utils.runs.experiments import REPO, run_sequence
+    from distill_utils.runs.params import read_parameter_file
     out = run_sequence(["01"], REPO / "runs" / "pretrained", read_parameter_file(REPO / "params" / "full.yaml"))
     PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
     for suffix in (".safetensors", ".json"):
@@ -169,14 +169,15 @@ def cmd_pretrained(args) -> int:
     manifest = verify_checkpoint(PRETRAINED_DIR / "teacher_fashion_mnist.safetensors")
     print(f"shipped teacher: sha256 {manifest['sha256']}, metrics {manifest['metadata'].get('metrics')}")
     json_sha = hashlib.sha256((PRETRAINED_DIR / "teacher_fashion_mnist.json").read_bytes()).hexdigest()
-    print(f"update PRETRAINED (weights) and PRETRAINED_MANIFESTS ({json_sha}) in distill_utils/checkpoints.py")
+    print(f"update PRETRAINED (weights) and PRETRAINED_MANIFESTS ({json_sha}) in "
+          "distill_utils/provenance/checkpoints.py")
     return 0
 
 
 def cmd_reference(args) -> int:
     """Full-size reference records in data/reference/ (resumable), or the README table from them."""
-    from .reference import NOTEBOOKS, run_reference
-    from .tables import update_readme
+    from distill_utils.readme.tables import update_readme
+    from distill_utils.runs.reference import NOTEBOOKS, run_reference
     try:
         if args.readme:
             changed = update_readme()
@@ -187,7 +188,7 @@ def cmd_reference(args) -> int:
         print(f"FAIL: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # a notebook failed: the seeds done so far are kept
-        from .experiments import papermill_error
+        from distill_utils.runs.experiments import papermill_error
         print(f"FAIL: a reference run failed: {papermill_error(err)}; finished seeds are kept, "
               "rerun the same command to continue", file=sys.stderr)
         return 1
@@ -197,10 +198,10 @@ def cmd_reference(args) -> int:
 
 def cmd_search(args) -> int:
     """An Optuna study over compression settings (params/search.yaml); the same command continues it."""
-    from .checkpoints import CheckpointError
-    from .data import DataError
-    from .report import write_report
-    from .search import search, study_summary
+    from distill_utils.data import DataError
+    from distill_utils.provenance.checkpoints import CheckpointError
+    from distill_utils.runs.report import write_report
+    from distill_utils.runs.search import search, study_summary
     out = args.out or f"runs/search-{Path(args.space).stem}"
     if args.retrain_seeds and not args.summary:
         return fail("--retrain-seeds is for the summary: add --summary FILE", 2)
@@ -223,7 +224,7 @@ def cmd_search(args) -> int:
     html, _ = write_report(df.attrs["out"])
     print(f"report: {html}")
     if args.summary:
-        from ._io import atomic_write_json
+        from distill_utils.common.files import atomic_write_json
         atomic_write_json(args.summary, study_summary(out, args.storage, args.study, args.retrain_seeds))
         print(f"summary of the study (its front with test accuracies): {args.summary}")
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._io import ReadRefused, open_regular, read_limited
+from distill_utils.common.files import ReadRefused, open_regular, read_limited
 
 __all__ = ["DATASETS", "DataError", "Dataset", "Split", "load_dataset", "find_files"]
 

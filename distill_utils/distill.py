@@ -18,8 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lineage
-from .train import _uses_channels_last, autocast, choose_device, fast_layout, fingerprint, fit, resolve_precision
+from distill_utils.provenance import lineage
+from distill_utils.train import (
+    _uses_channels_last,
+    autocast,
+    choose_device,
+    fast_layout,
+    fingerprint,
+    fit,
+    resolve_precision,
+)
 
 __all__ = ["kd_loss", "dkd_loss", "HintLoss", "attention_loss", "LOSSES", "distill", "teacher_outputs"]
 

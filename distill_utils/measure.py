@@ -17,7 +17,7 @@ from safetensors.torch import save as _safetensors_save
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .sparse import pack, resolve_masks
+from distill_utils.sparse import pack, resolve_masks
 
 __all__ = ["count_params", "count_nonzero", "count_flops", "latency_ms", "size_on_disk", "summary"]
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import lineage
-from ._io import atomic_write_bytes
+from distill_utils.common.files import atomic_write_bytes
+from distill_utils.provenance import lineage
 
 __all__ = ["set_seed", "choose_device", "bf16_native", "resolve_precision", "autocast", "TrainConfig", "fit",
            "evaluate", "predict", "cross_entropy_step", "fast_layout", "fingerprint"]

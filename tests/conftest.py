@@ -38,7 +38,8 @@ def write_notebook(path, parameters: str, *cells: str):
     from nbformat.v4 import new_code_cell, new_notebook
     nb = new_notebook(cells=[
         new_code_cell(parameters, metadata={"tags": ["parameters"]}),
-        new_code_cell(f"from distill_utils.experiments import start_run\nrun = start_run({path.stem!r}, globals())"),
+        new_code_cell("from distill_utils.runs.experiments import start_run\n"
+                      f"run = start_run({path.stem!r}, globals())"),
         *map(new_code_cell, cells)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     write(nb, path)

@@ -18,13 +18,15 @@ import torch
 from test_checkpoints import _rewrite_manifest, as_format_1
 
 from conftest import make_idx_dataset, write_notebook
-from distill_utils import _io, checkpoints, data
-from distill_utils.checkpoints import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
+from distill_utils import data
+from distill_utils.common import files as _io
 from distill_utils.data import DataError, Split
-from distill_utils.experiments import read_record, record_path, start_run
 from distill_utils.models import build_model
-from distill_utils.params import ParameterError, validate
-from distill_utils.sweeps import sweep
+from distill_utils.provenance import checkpoints
+from distill_utils.provenance.checkpoints import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
+from distill_utils.runs.experiments import read_record, record_path, start_run
+from distill_utils.runs.params import ParameterError, validate
+from distill_utils.runs.sweeps import sweep
 from distill_utils.train import fit
 
 KEY = "matrix-key-0123456789abcdef"
@@ -288,7 +290,8 @@ def capped(code: str, cap_mib: int = 1024, timeout: int = 120) -> str:
     prelude = textwrap.dedent(f"""
         import re, resource
         import torch
-        from distill_utils import checkpoints, data
+        from distill_utils.provenance import checkpoints
+        from distill_utils import data
         vm = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (vm + {cap_mib} * 2**20, resource.RLIM_INFINITY))
         """)
@@ -313,8 +316,8 @@ def test_r2_1_killed_save_leaves_a_checkpoint_that_loads(tmp_path, killed_at):
     old = state_of(path)
     code = f"""
         import os, torch
-        from distill_utils import _io
-        from distill_utils.checkpoints import save_checkpoint
+        from distill_utils.common import files as _io
+        from distill_utils.provenance.checkpoints import save_checkpoint
         from distill_utils.models import build_model
         calls, real = [], os.replace
         def replace(a, b):
@@ -336,7 +339,7 @@ def test_r2_1_concurrent_writers_leave_one_whole_checkpoint(tmp_path):
     path = tmp_path / "m.safetensors"
     code = """
         import sys, torch
-        from distill_utils.checkpoints import save_checkpoint
+        from distill_utils.provenance.checkpoints import save_checkpoint
         from distill_utils.models import build_model
         torch.manual_seed(int(sys.argv[1]))
         net = build_model("student_cnn", width=0.25)
@@ -520,7 +523,7 @@ def test_r2_3_empty_or_whitespace_key_is_an_error(tmp_path, monkeypatch, setting
 
 def test_r2_3_lineage_fails_on_a_broken_link_and_escapes_control_characters(tmp_path, capsys):
     from distill_utils import __main__ as cli
-    from distill_utils import lineage
+    from distill_utils.provenance import lineage
     parent = saved(tmp_path, "parent")
     child_model, _ = load_checkpoint(parent)
     lineage.note(child_model, "fit\x1b[2J", note="evil\rtext\x07")
@@ -565,7 +568,7 @@ def test_r2_4_typos_in_parameter_files_are_refused(tmp_path, capsys, text, messa
 
 def test_r2_4_numbers_are_read_as_numbers_and_checked_up_front(tmp_path, capsys):
     from distill_utils import __main__ as cli
-    from distill_utils.params import parse_value
+    from distill_utils.runs.params import parse_value
     nb = tiny(tmp_path)
     assert parse_value("1e-3") == 0.001 and parse_value("3") == 3 and parse_value("abc") == "abc"
     out = tmp_path / "ok"

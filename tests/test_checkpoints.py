@@ -1,4 +1,4 @@
-"""Tests for distill_utils.checkpoints: round trips, tampering, pickles, atomic writes."""
+"""Tests for distill_utils.provenance.checkpoints: round trips, tampering, pickles, atomic writes."""
 import hashlib
 import json
 import os
@@ -7,15 +7,15 @@ import pickle
 import pytest
 import torch
 
-from distill_utils import checkpoints
-from distill_utils.checkpoints import (
+from distill_utils.models import build_model
+from distill_utils.provenance import checkpoints
+from distill_utils.provenance.checkpoints import (
     CheckpointError,
     load_checkpoint,
     load_pretrained,
     save_checkpoint,
     verify_checkpoint,
 )
-from distill_utils.models import build_model
 
 SPECS = [("teacher_cnn", {}), ("student_cnn", {"width": 0.5}), ("student_mlp", {"hidden": (64, 32)})]
 

@@ -10,9 +10,9 @@ from onnx import TensorProto, helper
 
 from distill_utils import deploy, models
 from distill_utils.__main__ import main as cli
-from distill_utils.checkpoints import load_checkpoint, load_pretrained, save_checkpoint
 from distill_utils.data import Split, load_dataset
 from distill_utils.deploy import DeployError
+from distill_utils.provenance.checkpoints import load_checkpoint, load_pretrained, save_checkpoint
 
 
 def tiny(seed=0):

@@ -5,7 +5,7 @@ import statistics
 import numpy as np
 import pytest
 
-from distill_utils.evidence import Comparison, compare, summary, t_quantile
+from distill_utils.runs.evidence import Comparison, compare, summary, t_quantile
 
 
 def test_numbers_match_a_hand_computation():

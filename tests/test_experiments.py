@@ -7,7 +7,7 @@ import pytest
 
 from conftest import write_notebook
 from distill_utils import __main__ as cli
-from distill_utils.experiments import (
+from distill_utils.runs.experiments import (
     NOTEBOOKS,
     SEQUENCE,
     NotebookFailed,
@@ -18,9 +18,9 @@ from distill_utils.experiments import (
     run_sequence,
     start_run,
 )
-from distill_utils.params import ParameterError, validate
-from distill_utils.report import summarise_sweep, swept_parameters, write_report
-from distill_utils.sweeps import expand_grid, run_name, sweep
+from distill_utils.runs.params import ParameterError, validate
+from distill_utils.runs.report import summarise_sweep, swept_parameters, write_report
+from distill_utils.runs.sweeps import expand_grid, run_name, sweep
 
 
 def namespace(**values):
@@ -98,7 +98,7 @@ def tiny_notebook(folder: Path) -> Path:
         "seed: int = 0  # a seed\nout_dir: str = '.'  # where the record goes",
         "from pathlib import Path\n"
         "from distill_utils.models import build_model\n"
-        "from distill_utils.checkpoints import save_checkpoint\n"
+        "from distill_utils.provenance.checkpoints import save_checkpoint\n"
         "with open(Path(out_dir).parent / 'executions.log', 'a') as f:\n"
         "    f.write(Path(out_dir).name + '\\n')\n"
         "if x == fail_on and seed == 0 and not (Path(out_dir).parent / 'allow').exists():\n"
@@ -248,7 +248,7 @@ def test_parameter_files_name_real_parameters_and_workshop_equals_the_defaults()
 
     import yaml
 
-    from distill_utils.experiments import REPO, declared_parameters, parameters_for
+    from distill_utils.runs.experiments import REPO, declared_parameters, parameters_for
     declared = {p.stem: declared_parameters(p) for p in sorted(NOTEBOOKS.glob("*.ipynb"))}
     everything = set().union(*declared.values())
     for name in ("smoke", "workshop", "full"):
@@ -265,7 +265,7 @@ def test_parameter_files_name_real_parameters_and_workshop_equals_the_defaults()
 
 
 def test_parameters_for_sections():
-    from distill_utils.experiments import parameters_for
+    from distill_utils.runs.experiments import parameters_for
     params = {"epochs": 1, "04_feature_distillation": {"epochs": 2}, "05": {"lr": 0.1}}
     assert parameters_for("04_feature_distillation.ipynb", params) == {"epochs": 2}
     assert parameters_for("notebooks/05_magnitude_pruning.ipynb", params) == {"epochs": 1, "lr": 0.1}

@@ -3,9 +3,10 @@ import pytest
 import torch
 from test_models_train import tiny_dataset
 
-from distill_utils import lineage, train
+from distill_utils import train
 from distill_utils.distill import distill, teacher_outputs
 from distill_utils.models import build_model
+from distill_utils.provenance import lineage
 from distill_utils.train import TrainConfig, evaluate, fit, predict, resolve_precision
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from distill_utils.checkpoints import load_checkpoint, save_checkpoint
 from distill_utils.measure import count_params
 from distill_utils.models import build_model
+from distill_utils.provenance.checkpoints import load_checkpoint, save_checkpoint
 from distill_utils.prune import prune_channels
 from distill_utils.train import set_seed
 

@@ -4,8 +4,8 @@ import torch
 from test_models_train import tiny_dataset
 from torch.nn.utils import prune
 
-from distill_utils.checkpoints import load_checkpoint, save_checkpoint
 from distill_utils.models import build_model
+from distill_utils.provenance.checkpoints import load_checkpoint, save_checkpoint
 from distill_utils.prune import (
     cubic_sparsity,
     make_permanent,

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from distill_utils import reference, tables
-from distill_utils.experiments import REPO
+from distill_utils.readme import tables
+from distill_utils.runs import reference
+from distill_utils.runs.experiments import REPO
 
 
 def write_record(folder, seeds):

@@ -12,16 +12,16 @@ import yaml
 
 from conftest import make_idx_dataset
 from distill_utils import __main__ as cli
-from distill_utils import search as S
-from distill_utils.experiments import REPO, collect, read_record
-from distill_utils.report import write_report
+from distill_utils.runs import search as S
+from distill_utils.runs.experiments import REPO, collect, read_record
+from distill_utils.runs.report import write_report
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny fake dataset and a tiny untrained teacher; the space of a study on them."""
-    from distill_utils.checkpoints import save_checkpoint
     from distill_utils.models import build_model
+    from distill_utils.provenance.checkpoints import save_checkpoint
     root = tmp_path_factory.mktemp("tiny")
     make_idx_dataset(root / "FashionMNIST" / "raw", n_train=60, n_test=20)
     teacher = save_checkpoint(build_model("teacher_cnn", width=0.125), root / "teacher.safetensors")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from distill_utils.checkpoints import load_checkpoint, save_checkpoint
 from distill_utils.models import build_model
+from distill_utils.provenance.checkpoints import load_checkpoint, save_checkpoint
 from distill_utils.prune import prune_magnitude, sparsity
 from distill_utils.sparse import pack, pack_bits, unpack, unpack_bits
 

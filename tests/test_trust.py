@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from distill_utils import __main__ as cli
-from distill_utils.checkpoints import (
+from distill_utils.data import Split
+from distill_utils.distill import distill
+from distill_utils.models import build_model
+from distill_utils.provenance.checkpoints import (
     PRETRAINED,
     PRETRAINED_DIR,
     CheckpointError,
@@ -16,9 +19,6 @@ from distill_utils.checkpoints import (
     save_checkpoint,
     verify_checkpoint,
 )
-from distill_utils.data import Split
-from distill_utils.distill import distill
-from distill_utils.models import build_model
 from distill_utils.prune import prune_channels, prune_magnitude
 from distill_utils.train import fit
 

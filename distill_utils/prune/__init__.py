@@ -1,6 +1,6 @@
 """Pruning: magnitude (unstructured) masks in magnitude.py, channel (structured) removal in channels.py."""
-from .channels import CRITERIA, prune_channels
-from .magnitude import (
+from distill_utils.prune.channels import CRITERIA, prune_channels
+from distill_utils.prune.magnitude import (
                         cubic_sparsity,
                         make_permanent,
                         prunable_layers,

@@ -18,9 +18,9 @@ import copy
 import torch
 from torch import nn
 
-from .. import lineage
-from ..models import ConvNet
-from ._amount import check_amount
+from distill_utils.models import ConvNet
+from distill_utils.provenance import lineage
+from distill_utils.prune.amount import check_amount
 
 
 class L1Norm:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .. import lineage
-from ._amount import check_amount
+from distill_utils.provenance import lineage
+from distill_utils.prune.amount import check_amount
 
 LAYER_TYPES = {"conv": nn.Conv2d, "linear": nn.Linear}
 
@@ -110,8 +110,8 @@ def cubic_sparsity(step: int, total_steps: int, final: float, initial: float = 0
 
 
 def _train(model, data, teacher, epochs, **kwargs):
-    from ..distill import distill  # fine-tuning with a teacher is distillation
-    from ..train import fit
+    from distill_utils.distill import distill  # fine-tuning with a teacher is distillation
+    from distill_utils.train import fit
     if teacher is None:
         return fit(model, data, epochs=epochs, **kwargs)
     return distill(model, teacher, data, epochs=epochs, **kwargs)

@@ -10,9 +10,9 @@ import json
 import statistics
 from pathlib import Path
 
-from .evidence import compare
-from .experiments import REPO
-from .reference import REFERENCE_DIR, describe, load, per_seed
+from distill_utils.runs.evidence import compare
+from distill_utils.runs.experiments import REPO
+from distill_utils.runs.reference import REFERENCE_DIR, describe, load, per_seed
 
 __all__ = ["kd_table", "pruning_table", "final_table", "search_table", "TABLES", "markers", "update_readme"]
 

@@ -14,8 +14,8 @@ import io
 import json
 from pathlib import Path
 
-from ._io import atomic_write_bytes
-from .experiments import RECORD, collect, read_record
+from distill_utils.common.files import atomic_write_bytes
+from distill_utils.runs.experiments import RECORD, collect, read_record
 
 __all__ = ["write_report", "swept_parameters", "summarise_sweep", "plot_sweep"]
 
@@ -90,7 +90,7 @@ def _md_table(df) -> str:
 
 
 def _lineages(root: Path) -> list[str]:
-    from .checkpoints import format_lineage, lineage_chain
+    from distill_utils.provenance.checkpoints import format_lineage, lineage_chain
     texts = []
     for file in sorted(root.rglob(f"*{RECORD}")):
         written = ((read_record(file) or {}).get("checkpoints") or {}).get("written", [])

@@ -69,22 +69,22 @@ def _each(rule):
 
 
 def _datasets():
-    from .data import DATASETS
+    from distill_utils.data import DATASETS
     return set(DATASETS)
 
 
 def _models():
-    from .models import MODELS
+    from distill_utils.models import MODELS
     return set(MODELS)
 
 
 def _criteria():
-    from .prune import CRITERIA
+    from distill_utils.prune import CRITERIA
     return set(CRITERIA)
 
 
 def _losses():
-    from .distill import LOSSES
+    from distill_utils.distill import LOSSES
     return set(LOSSES)
 
 
@@ -151,7 +151,7 @@ def parse_value(text: str, name: str = "value"):
 
 def read_parameter_file(path) -> dict:
     """A YAML parameter file (as papermill's ``-f``) as a dict; ValueError saying what is wrong."""
-    from ._io import ReadRefused, read_limited
+    from distill_utils.common.files import ReadRefused, read_limited
     try:
         text = read_limited(path, MAX_PARAMETER_FILE, "parameter file").decode()
         params = yaml.load(text, Loader=_Loader)

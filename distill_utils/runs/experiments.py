@@ -18,10 +18,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._io import atomic_write_json, read_limited
-from .params import did_you_mean, validate
+from distill_utils.common.files import atomic_write_json, read_limited
+from distill_utils.runs.params import did_you_mean, validate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 SEQUENCE = ("00_setup.ipynb", "01_teacher_training.ipynb", "02_soft_targets_and_temperature.ipynb",
             "03_knowledge_distillation.ipynb", "04_feature_distillation.ipynb",
@@ -69,7 +69,7 @@ def read_record(path, problems: list | None = None) -> dict | None:
 def _versions() -> dict:
     import torch
 
-    from .checkpoints import library_versions
+    from distill_utils.provenance.checkpoints import library_versions
     versions = {**library_versions(), "platform": platform.platform(), "host": socket.gethostname(),
                 "threads": torch.get_num_threads()}
     try:

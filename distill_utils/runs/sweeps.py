@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from ._io import atomic_write_bytes
-from .experiments import (
+from distill_utils.common.files import atomic_write_bytes
+from distill_utils.runs.experiments import (
     check_parameter_names,
     check_values,
     declared_parameters,
@@ -141,8 +141,8 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
     else ``workers`` run at once here, each with ``cores / workers`` threads."""
     from tqdm.auto import tqdm
 
-    from .experiments import REPO, collect
-    from .params import did_you_mean
+    from distill_utils.runs.experiments import REPO, collect
+    from distill_utils.runs.params import did_you_mean
     nb = resolve_notebooks([str(notebook)])[0].resolve()
     points = expand_grid(grid, seeds)
     declared = declared_parameters(nb)

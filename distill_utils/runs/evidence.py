@@ -2,7 +2,7 @@
 
 A notebook that states an outcome of its own run ("KD helps here") computes the sentence::
 
-    from distill_utils.evidence import compare
+    from distill_utils.runs.evidence import compare
     compare({0: 0.861, 1: 0.858, 2: 0.866}, {0: 0.850, 1: 0.851, 2: 0.853}, "KD", "scratch")
     # KD beats scratch by 1.0 ± 0.3 points (3 seeds, every seed)
 

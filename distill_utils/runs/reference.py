@@ -17,8 +17,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._io import atomic_write_json
-from .experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
+from distill_utils.common.files import atomic_write_json
+from distill_utils.runs.experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
 
 __all__ = ["REFERENCE_DIR", "NOTEBOOKS", "MISSING", "load", "per_seed", "describe", "run_reference", "add_seed"]
 
@@ -79,7 +79,7 @@ def run_reference(notebooks=NOTEBOOKS, seeds=(0, 1, 2), folder=None, work=None, 
     """Run each notebook at full size once per missing seed; returns {notebook: record}."""
     import yaml
 
-    from .experiments import declared_parameters, parameters_for
+    from distill_utils.runs.experiments import declared_parameters, parameters_for
     folder, work = Path(folder or REFERENCE_DIR), Path(work or REPO / "runs" / "reference")
     params_file = Path(params_file or FULL)
     full = yaml.safe_load(params_file.read_text()) or {}

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, lineage
-from ._io import atomic_write_bytes
-from .checkpoints import lineage_chain as checkpoint_chain
-from .checkpoints import signing_key
-from .models import model_spec
+from distill_utils import __version__
+from distill_utils.common.files import atomic_write_bytes
+from distill_utils.models import model_spec
+from distill_utils.provenance import lineage
+from distill_utils.provenance.checkpoints import lineage_chain as checkpoint_chain
+from distill_utils.provenance.checkpoints import signing_key
 
 __all__ = ["DeployError", "export_onnx", "quantize_int8", "evaluate_onnx", "predict_onnx", "latency_onnx",
            "onnx_metadata", "onnx_lineage_chain", "int8_params", "quantize_tensor", "session", "fuse_conv_bn",

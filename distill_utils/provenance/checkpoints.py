@@ -35,10 +35,18 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import __version__, lineage
-from ._io import ReadRefused, atomic_write_bytes, atomic_write_json, locked, open_regular, read_limited
-from .models import MODELS, build_model, model_spec
-from .sparse import logical_shapes, pack, resolve_masks, unpack
+from distill_utils import __version__
+from distill_utils.common.files import (
+    ReadRefused,
+    atomic_write_bytes,
+    atomic_write_json,
+    locked,
+    open_regular,
+    read_limited,
+)
+from distill_utils.models import MODELS, build_model, model_spec
+from distill_utils.provenance import lineage
+from distill_utils.sparse import logical_shapes, pack, resolve_masks, unpack
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "sign_checkpoint",
            "signing_key", "lineage_chain", "format_lineage", "broken_links", "load_pretrained", "library_versions",
@@ -50,7 +58,7 @@ META_KEY = "distill_lab_manifest"   # the safetensors header metadata entry hold
 MAX_HEADER = 16 << 20               # bytes: a safetensors header (and so a manifest) is never larger
 MAX_MANIFEST = 16 << 20             # bytes of a .json manifest
 MAX_KEY_FILE = 4096                 # bytes of a signing key file
-PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "data" / "pretrained"
+PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "data" / "pretrained"
 # Shipped pretrained weights: name -> expected SHA-256 of the .safetensors file, and of its .json
 # manifest (format 1 keeps the architecture there, so the pin covers both files).
 PRETRAINED = {"teacher_fashion_mnist": "42e3a747f6318f23c8d609e852d6a486d3cce6961d585902c917eeefce4836ca"}

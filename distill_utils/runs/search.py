@@ -41,8 +41,8 @@ from pathlib import Path
 
 import yaml
 
-from ._io import atomic_write_bytes, atomic_write_json
-from .params import RULES, fraction, positive
+from distill_utils.common.files import atomic_write_bytes, atomic_write_json
+from distill_utils.runs.params import RULES, fraction, positive
 
 __all__ = ["SpaceError", "load_space", "fingerprint", "search", "trials_table", "pareto_mask", "dominates", "context",
            "complete_choice", "build_candidate", "measure_cost", "train_candidate", "trial_choice", "study_summary",
@@ -232,9 +232,9 @@ _CONTEXTS: dict = {}
 
 def context(config: dict) -> Context:
     """Load the data (train minus a validation split, and test) and the teacher, once per process."""
-    from .checkpoints import load_checkpoint, load_pretrained
-    from .data import load_dataset
-    from .experiments import REPO
+    from distill_utils.provenance.checkpoints import load_checkpoint, load_pretrained
+    from distill_utils.data import load_dataset
+    from distill_utils.runs.experiments import REPO
     key = json.dumps({k: config[k] for k in ("dataset", "data_root", "teacher", "train_images", "val_images", "seed")})
     if key not in _CONTEXTS:
         ds = load_dataset(config["dataset"], root=config["data_root"] or REPO / "data",
@@ -269,9 +269,9 @@ def complete_choice(choice: dict, config: dict, teacher=None) -> dict:
 
 def build_candidate(choice: dict, ctx: Context):
     """The untrained candidate: a fresh student, or the teacher with channels removed (notebook 06)."""
-    from .models import build_model
-    from .prune import prune_channels
-    from .train import set_seed
+    from distill_utils.models import build_model
+    from distill_utils.prune import prune_channels
+    from distill_utils.train import set_seed
     if choice["model"] == "pruned_teacher":
         return prune_channels(ctx.teacher, list(choice["prune_ratios"]), criterion=choice["criterion"])
     set_seed(choice.get("seed", ctx.config["seed"]))
@@ -281,7 +281,7 @@ def build_candidate(choice: dict, ctx: Context):
 
 def measure_cost(model, ctx: Context) -> dict:
     """Parameters, FLOPs per image and the median latency of a batch (ms), on this machine."""
-    from .measure import count_flops, count_params, latency_ms
+    from distill_utils.measure import count_flops, count_params, latency_ms
     x = ctx.val.x[:ctx.config["latency_batch"]]
     return {"params": count_params(model), "flops": count_flops(model, x[:1]),
             "latency_ms": round(latency_ms(model, x, repeats=ctx.config["latency_repeats"], warmup=2)["latency_ms"], 3)}
@@ -295,8 +295,8 @@ def train_candidate(choice: dict, ctx: Context, seed: int | None = None, on_epoc
     model, its cost, ``val_acc`` (what the search optimises) and its curve; with ``test`` also
     ``test_acc``, which the search never computes (notebook 10 uses it to judge the winners
     afterwards). ``model`` and ``cost``: already built and measured."""
-    from .distill import distill
-    from .train import evaluate, set_seed
+    from distill_utils.distill import distill
+    from distill_utils.train import evaluate, set_seed
     seed = ctx.config["seed"] if seed is None else seed
     model = model if model is not None else build_candidate({**choice, "seed": seed}, ctx)
     cost = cost or measure_cost(model, ctx)
@@ -401,7 +401,7 @@ def _fail_stale(study, out: Path) -> None:
     """Mark trials whose worker died as failed, and queue their parameters again."""
     import optuna
 
-    from .experiments import mark_failed
+    from distill_utils.runs.experiments import mark_failed
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if not _is_stale(t):
             continue
@@ -448,8 +448,8 @@ def _heartbeat(study, trial_id, stop: threading.Event):
 def _run_trial(study, trial, config, ctx, out: Path, token: str, progress: bool):
     import optuna
 
-    from .checkpoints import save_checkpoint
-    from .experiments import Run, mark_failed
+    from distill_utils.provenance.checkpoints import save_checkpoint
+    from distill_utils.runs.experiments import Run, mark_failed
     choice = _suggest(trial, config["space"], len(ctx.teacher.features))
     full = complete_choice(choice, config, ctx.teacher)
     run_dir = out / f"trial-{trial.number:04d}"
@@ -561,7 +561,7 @@ def search(space, trials: int, out, workers: int = 1, scheduler=None, storage: s
     one per Dask thread) on a cluster, which needs ``out`` on a shared disk or an RDB ``storage``
     URL (e.g. ``postgresql://user@host/db``) that every machine reaches. Notebook 10.
     """
-    from .sweeps import threads_per_worker
+    from distill_utils.runs.sweeps import threads_per_worker
     config = load_space(space, **overrides)
     if not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be a whole number >= 1, got {trials!r}")
@@ -590,7 +590,7 @@ def _on_dask_worker(host_threads: dict, *args, progress: bool = True):
     """``_work`` on a Dask worker, with this host's cores shared among the workers it hosts."""
     from distributed import get_worker
 
-    from .sweeps import threads_per_worker
+    from distill_utils.runs.sweeps import threads_per_worker
     host = get_worker().address.rsplit(":", 1)[0]
     return _work(*args, threads=threads_per_worker(host_threads.get(host, 1)), progress=progress)
 
@@ -668,7 +668,7 @@ def trial_choice(row, config: dict, teacher=None) -> dict:
 
 def _kept_seeds(file: Path) -> dict:
     """``{seed: {"test_acc", "seconds"}}`` kept by ``_retrain``; anything else there is ignored (and redone)."""
-    from ._io import ReadRefused, read_limited
+    from distill_utils.common.files import ReadRefused, read_limited
     try:
         data = json.loads(read_limited(file, 64 * 1024, "file of retrained seeds"))
     except (OSError, ReadRefused, ValueError):
@@ -682,7 +682,7 @@ def _kept_seeds(file: Path) -> dict:
 def _retrain(row, ctx: Context, run_dir: Path, seeds) -> dict:
     """The trial's candidate trained again with each of ``seeds``: ``{seed: {"test_acc" (fp32),
     "seconds"}}``, kept in ``run_dir/seeds.json`` after each one, so a stopped summary continues."""
-    from .train import evaluate
+    from distill_utils.train import evaluate
     file = run_dir / "seeds.json"
     done = _kept_seeds(file)  # {} when there is none yet
     for seed in seeds:
@@ -703,8 +703,8 @@ def study_summary(out, storage=None, name: str | None = None, seeds=()) -> dict:
     ``test_acc_seeds`` {seed: test accuracy} holds the trial's own (the space's ``seed``) and,
     with ``seeds``, the front model trained again with each of them (resumable, see ``_retrain``;
     ``retrain_seconds`` is what that took)."""
-    from .checkpoints import load_checkpoint
-    from .train import evaluate
+    from distill_utils.provenance.checkpoints import load_checkpoint
+    from distill_utils.train import evaluate
     df = trials_table(out, storage, name)
     config = df.attrs["config"]
     ctx = context(config)

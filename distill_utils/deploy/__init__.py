@@ -1,0 +1,38 @@
+"""Deployment (notebook 09): ONNX export, int8 quantization, onnxruntime accuracy and latency."""
+from distill_utils.deploy.onnx_int8 import (
+    DeployError,
+    calibration_images,
+    evaluate_onnx,
+    export_onnx,
+    fuse_conv_bn,
+    int8_params,
+    latency_onnx,
+    onnx_lineage_chain,
+    onnx_metadata,
+    predict_onnx,
+    quantization_params,
+    quantize_int8,
+    quantize_tensor,
+    quantize_torch_int8,
+    relu_before_pool,
+    session,
+)
+
+__all__ = [
+    "DeployError",
+    "export_onnx",
+    "quantize_int8",
+    "evaluate_onnx",
+    "predict_onnx",
+    "latency_onnx",
+    "onnx_metadata",
+    "onnx_lineage_chain",
+    "int8_params",
+    "quantize_tensor",
+    "session",
+    "fuse_conv_bn",
+    "quantize_torch_int8",
+    "calibration_images",
+    "quantization_params",
+    "relu_before_pool",
+]
