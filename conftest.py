@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 PIPELINE = ("03_", "05_", "06_", "07_", "09_")  # 07 and 09 need the models the others save in runs/dev
 
 
@@ -40,6 +42,7 @@ def scope(nodeid: str) -> str:
     return "tutorial-pipeline" if in_pipeline else path.as_posix()
 
 
+@pytest.hookimpl(optionalhook=True)  # `-p no:xdist` runs without the plugin
 def pytest_xdist_make_scheduler(config, log):
     """Load-balance by ``scope``. Scopes with more tests go first, so the pipeline starts at once."""
     from xdist.scheduler import LoadScopeScheduling
