@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from distill_utils.common import rules
 from distill_utils.common.files import atomic_write_bytes
 from distill_utils.provenance import lineage
 
@@ -174,23 +175,8 @@ class TrainConfig:
     channels_last: bool = True
 
     def __post_init__(self):
-        def integer(name, low):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**63:
-                raise ValueError(f"{name} must be an integer >= {low} (and < 2**63), got {value!r}")
-        integer("epochs", 1)
-        integer("batch_size", 1)
-        integer("seed", 0)
-        for name, ok, rule in (("lr", lambda v: 0 < v < math.inf, "> 0 and finite"),
-                               ("weight_decay", lambda v: 0 <= v < math.inf, ">= 0 and finite"),
-                               ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)")):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-                raise ValueError(f"{name} must be a number {rule}, got {value!r}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'adamw' or 'sgd'")
-        if self.schedule not in ("onecycle", "cosine", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose 'onecycle', 'cosine' or 'constant'")
+        for name in ("epochs", "batch_size", "seed", "lr", "weight_decay", "label_smoothing", "optimizer", "schedule"):
+            rules.check(name, getattr(self, name))  # the notebooks' rules (common/rules.py)
         if self.precision not in PRECISIONS:
             resolve_precision(self.precision, "cpu")  # raises the one message for a bad precision
 

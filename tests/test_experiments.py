@@ -34,8 +34,9 @@ def namespace(**values):
     ("loss", "kld", str, "loss = 'kld' must be one of dkd, kd"),
     ("criterion", "l3", str, "criterion = 'l3' must be one of bn, l1, l2, random"),
     ("dataset", "fashion", str, "dataset = 'fashion' must be one of cifar10, fashion_mnist, mnist"),
-    ("target", 1.5, float, "target = 1.5 must be >= 0 and < 1"),
-    ("sparsities", [0.5, 1.5], list, "sparsities = [0.5, 1.5] item 1 (1.5) must be >= 0 and < 1"),
+    ("target", 1.5, float, "target = 1.5 must be >= 0 and <= 1 (the fraction of weights removed)"),
+    ("ratio", 1.0, float, "ratio = 1.0 must be >= 0 and < 1 (the fraction of channels removed; a layer keeps one)"),
+    ("sparsities", [0.5, 1.5], list, "sparsities = [0.5, 1.5] item 1 (1.5) must be >= 0 and <= 1"),
     ("T", 0.0, float, "T = 0.0 must be > 0 (the temperature)"),
     ("epochs", "three", int, "epochs = 'three' must be int, got str"),
     ("epochs", 2.5, int, "epochs = 2.5 must be int, got float"),
@@ -59,7 +60,8 @@ def test_validate_accepts_good_values_and_reports_all_problems():
         validate(ns)
     text = str(err.value)
     assert "epochs = 0" in text and "alpha = -1.0" in text
-    assert "alhpa = 0.5 is not a parameter of this notebook; its parameters are: epochs, alpha" in text
+    assert ("alhpa = 0.5 is not a parameter of this notebook (did you mean 'alpha'?); "
+            "its parameters are: epochs, alpha") in text
     with pytest.raises(ParameterError, match="no parameters found"):
         validate({})
 

@@ -104,8 +104,9 @@ def test_masked_weights_stay_zero_while_fine_tuning(teacher):
 
 def test_bad_arguments():
     m = model()
-    for amount in (-0.1, 1.5, "half"):
-        with pytest.raises(ValueError, match="amount .* must be in \\[0, 1\\]"):
+    for amount, message in ((-0.1, "must be >= 0 and <= 1 \\(the fraction of weights removed\\)"),
+                            (1.5, "must be >= 0 and <= 1"), ("half", "must be a number, got str")):
+        with pytest.raises(ValueError, match=f"amount = {amount!r} {message}"):
             prune_magnitude(m, amount)
     with pytest.raises(ValueError, match="unknown layer types \\['lstm'\\]"):
         prune_magnitude(m, 0.5, layer_types=("lstm",))
