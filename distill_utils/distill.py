@@ -20,13 +20,13 @@ from torch import nn
 
 from distill_utils.provenance import lineage
 from distill_utils.train import (
-    _uses_channels_last,
     autocast,
     choose_device,
-    fast_layout,
     fingerprint,
     fit,
+    inference_copy,
     resolve_precision,
+    uses_channels_last,
 )
 
 __all__ = ["kd_loss", "dkd_loss", "HintLoss", "attention_loss", "LOSSES", "distill", "teacher_outputs"]
@@ -126,8 +126,8 @@ def teacher_outputs(teacher, split, layer: int | None = None, batch_size: int = 
     ``layer`` is given, its feature map of that block; both float32 on ``device`` (notebook 03).
     ``precision`` as in ``fit``: the teacher runs under bf16 autocast where the hardware has it."""
     device = choose_device(device)
-    fast_layout(teacher, device).eval()
-    channels_last = _uses_channels_last(teacher)
+    teacher = inference_copy(teacher, device)  # the caller's teacher keeps its layout and mode
+    channels_last = uses_channels_last(teacher)
     precision = resolve_precision(precision, device)
     logits, feats = [], []
     for x, _ in split.batches(batch_size):
@@ -174,7 +174,7 @@ def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float 
     logit_loss, kwargs = LOSSES[loss], dict(loss_kwargs or {})
     device = choose_device(device)
     precision = resolve_precision(precision, device)
-    fast_layout(teacher, device).eval()
+    teacher = inference_copy(teacher, device)
     train_split = getattr(data, "train", data)
     layer = teacher_layer if feature else None
     params, feat_loss = list(student.parameters()), None

@@ -8,6 +8,7 @@ effective weight ``weight_orig * weight_mask`` under its plain name and never th
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 import zlib
@@ -81,9 +82,9 @@ def latency_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 30,
                warmup: int = 5, threads: int | None = None) -> dict:
     """Median wall time of one forward pass of the batch, in ms (notebooks 01, 05, 06).
 
-    Both the model (in place) and the input are put in channels-last layout first, the fast one
-    for convolutions, so models are compared on equal terms. Eval mode, ``inference_mode``,
-    ``threads`` CPU threads (default: the current
+    A copy of the model and the input are put in channels-last layout first, the fast one for
+    convolutions, so models are compared on equal terms (the caller's model is left as it was).
+    Eval mode, ``inference_mode``, ``threads`` CPU threads (default: the current
     ``torch.get_num_threads()``, restored afterwards), ``warmup`` untimed runs first. Returns
     ``latency_ms`` (median), ``latency_iqr_ms`` (75th - 25th percentile), threads, batch_size.
     """
@@ -93,7 +94,7 @@ def latency_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 30,
     if (threads := previous if threads is None else threads) < 1:
         raise ValueError(f"threads must be >= 1 (or None for the current {previous}); got {threads}")
     if isinstance(example_input, torch.Tensor) and example_input.dim() == 4 and example_input.device.type != "mps":
-        model.to(memory_format=torch.channels_last)
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         example_input = example_input.contiguous(memory_format=torch.channels_last)
     sync, times = torch.cuda.synchronize if getattr(example_input, "is_cuda", False) else (lambda: None), []
     torch.set_num_threads(threads)

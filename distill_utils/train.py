@@ -7,6 +7,7 @@ its own ``step`` function and the ``details`` of what it does.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
@@ -24,7 +25,8 @@ from distill_utils.common.files import atomic_write_bytes
 from distill_utils.provenance import lineage
 
 __all__ = ["set_seed", "choose_device", "bf16_native", "resolve_precision", "autocast", "TrainConfig", "fit",
-           "evaluate", "predict", "cross_entropy_step", "fast_layout", "fingerprint"]
+           "evaluate", "predict", "cross_entropy_step", "fast_layout", "inference_copy", "uses_channels_last",
+           "fingerprint"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -105,7 +107,15 @@ def fast_layout(model, device=None, channels_last: bool = True):
     return model.to(memory_format=torch.channels_last)
 
 
-def _uses_channels_last(model) -> bool:
+def inference_copy(model, device=None):
+    """A copy of ``model`` for inference: on ``device`` (default: the model's), in the fast layout, in
+    eval mode. The caller's model keeps its device, layout and mode (notebook 01)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    return fast_layout(copy.deepcopy(model), device).eval()
+
+
+def uses_channels_last(model) -> bool:
+    """Whether ``model``'s convolution weights are stored channels-last (so inputs should be too)."""
     # a 1-channel weight is contiguous in both layouts: look at the widest input
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     w = max(convs, key=lambda m: m.in_channels).weight if convs else None
@@ -122,13 +132,10 @@ def predict(model, split, batch_size: int = 512, device=None, precision: str = "
 
     ``precision`` as in ``fit``: bf16 inference where the hardware has it (notebook 01)."""
     device = choose_device(device) if device is not None else next(model.parameters()).device
-    fast_layout(model, device)  # outside inference_mode: the parameters must stay trainable
-    channels_last, precision = _uses_channels_last(model), resolve_precision(precision, device)
-    was_training = model.training
-    model.eval()
+    net = inference_copy(model, device)  # the caller's model keeps its layout and mode
+    channels_last, precision = uses_channels_last(net), resolve_precision(precision, device)
     with torch.inference_mode(), autocast(precision, device):
-        out = [model(_inputs(x, device, channels_last)).float().cpu() for x, _ in split.batches(batch_size)]
-    model.train(was_training)
+        out = [net(_inputs(x, device, channels_last)).float().cpu() for x, _ in split.batches(batch_size)]
     return torch.cat(out)
 
 
@@ -214,7 +221,7 @@ class _Loop:
         self.model, self.split, self.cfg, self.device = model, train_split, cfg, device
         self.step, self.params, self.callback, self.progress = step, params, callback, progress
         self.precision = resolve_precision(cfg.precision, device)
-        self.channels_last = _uses_channels_last(model)
+        self.channels_last = uses_channels_last(model)
         self.n_batches = math.ceil(len(train_split) / cfg.batch_size)
         self.opt = _optimizer(cfg, params, device)
         self.sched = _schedule(cfg, self.opt, cfg.epochs * self.n_batches)

@@ -158,3 +158,20 @@ def test_calibration_against_explicit_bins():
     perfect = calibration(torch.tensor([[10.0, -10.0]] * 3), torch.zeros(3, dtype=torch.long))
     assert perfect["ece"] == pytest.approx(0, abs=1e-6)
     assert agreement(p.log(), torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0], [1.0, 0]])) == 0.5
+
+
+def test_measuring_and_predicting_leave_the_callers_model_as_it_was():
+    """latency_ms, predict, evaluate and teacher_outputs work on copies: layout, mode and weights stay."""
+    from distill_utils.data import Split
+    from distill_utils.distill import teacher_outputs
+    from distill_utils.train import evaluate, predict, uses_channels_last
+    model = build_model("student_cnn", width=0.5).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    split = Split(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))
+    latency_ms(model, split.x[:2], repeats=1, warmup=0)
+    logits = predict(model, split, precision="fp32")
+    evaluate(model, split, precision="fp32")
+    cached, _ = teacher_outputs(model, split, precision="fp32", device="cpu")
+    assert not uses_channels_last(model) and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert logits.shape == (8, 10) and torch.allclose(cached.cpu(), logits, atol=1e-5)
