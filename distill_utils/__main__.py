@@ -17,9 +17,12 @@ def fail(message, code: int = 1) -> int:
 
 
 def cmd_data(args) -> int:
+    """Find the dataset, else install or download it (``setup.fetch``), then load it to check every file."""
     from distill_utils.data import DataError, load_dataset
+    from distill_utils.setup.fetch import get_dataset, offline_requested
     try:
-        ds = load_dataset(args.name, root=args.root, download=args.download)
+        get_dataset(args.name, args.root, offline=args.offline or offline_requested(), download_only=args.download)
+        ds = load_dataset(args.name, root=args.root)
     except (DataError, ValueError) as err:
         return fail(err)
     print(f"OK: {ds}")
@@ -174,6 +177,22 @@ def cmd_pretrained(args) -> int:
     return 0
 
 
+def cmd_readme(args) -> int:
+    """The README's per-notebook minutes from run records (printed; rewritten with --write)."""
+    from distill_utils.readme.minutes import gather, with_minutes
+    from distill_utils.readme.writer import rewrite
+    try:
+        minutes, sources = gather(args.minutes)
+        for name, value in minutes.items():
+            print(f"{name:40} {value:5.1f} min")
+        if args.write:
+            changed = rewrite(lambda text: with_minutes(text, minutes, sources), args.file)
+            print("README.md: minutes " + ("rewritten" if changed else "already up to date"))
+    except (OSError, ValueError) as err:
+        return fail(str(err))
+    return 0
+
+
 def cmd_reference(args) -> int:
     """Full-size reference records in data/reference/ (resumable), or the README table from them."""
     from distill_utils.readme.tables import update_readme
@@ -233,10 +252,13 @@ def cmd_search(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill_utils")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("data", help="check that a dataset can be found (or download it)")
+    p = sub.add_parser("data", help="find the dataset; else install it (apt-get, as root on Debian/Ubuntu) or "
+                                     "download it (torchvision, checked against data/README.md)")
     p.add_argument("--name", default="fashion_mnist")
     p.add_argument("--root", default="data")
-    p.add_argument("--download", action="store_true", help="allow torchvision's download")
+    p.add_argument("--offline", action="store_true",
+                   help="only look, never install or download (also: environment variable OFFLINE=1)")
+    p.add_argument("--download", action="store_true", help="skip apt-get: torchvision's download only")
     p.set_defaults(func=cmd_data)
     p = sub.add_parser("run", help="execute notebooks in order with papermill into runs/<timestamp>")
     p.add_argument("notebooks", nargs="*", help="names or number prefixes (default: the whole sequence)")

@@ -3,13 +3,15 @@
 Taught in notebook 01. ``load_dataset("fashion_mnist")`` looks for the files, in order:
 1. ``root/FashionMNIST/raw`` (torchvision's layout; ``.gz`` or not),
 2. Debian's ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``),
-3. torchvision's download, only when ``download=True``.
+3. torchvision's download, only when ``download=True``, checked against ``DOWNLOAD_SHA256``.
+``python -m distill_utils data`` (``make data``) gets a missing dataset itself (``distill_utils.setup.fetch``).
 The whole dataset is normalised once and kept as tensors; ``split.batches(...)``
 slices them, with optional on-tensor augmentation. No per-item DataLoader, no PIL.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import math
 import os
@@ -23,7 +25,8 @@ import torch
 
 from distill_utils.common.files import ReadRefused, open_regular, read_limited
 
-__all__ = ["DATASETS", "DataError", "Dataset", "Split", "load_dataset", "find_files"]
+__all__ = ["DATASETS", "DOWNLOAD_SHA256", "DataError", "Dataset", "Split", "load_dataset", "find_files",
+           "download_dataset", "missing_message"]
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -32,6 +35,13 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 MAX_IDX_BYTES = 1 << 30     # an IDX file's body; Fashion-MNIST's largest is 47 MB
 MAX_CIFAR_BYTES = 256 << 20  # a CIFAR-10 python batch is 31 MB
+# SHA-256 of the files torchvision downloads, as listed in data/README.md (tests/test_setup_data.py keeps them
+# equal); files of a dataset not listed here are checked by torchvision's own MD5 sums only
+DOWNLOAD_SHA256 = {"fashion_mnist": {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"}}
 
 
 @dataclass(frozen=True)
@@ -248,23 +258,55 @@ def _read_cifar(paths) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def _download(name: str, root) -> None:
+def _torchvision_download(name: str, root) -> None:
     import torchvision.datasets as tvd
     cls = {"fashion_mnist": tvd.FashionMNIST, "mnist": tvd.MNIST, "cifar10": tvd.CIFAR10}[name]
     for train in (True, False):
         cls(root, train=train, download=True)
 
 
-def _missing_message(name: str, root) -> str:
+def download_dataset(name: str, root="data", fetch=_torchvision_download) -> None:
+    """Download ``name`` with torchvision into ``root`` (its layout), then check each file listed in
+    ``DOWNLOAD_SHA256``; a file that differs is deleted, with what it unpacked to, and named in the
+    error. ``fetch(name, root)`` does the download (tests pass a fake). Notebook 01."""
+    try:
+        fetch(name, root)
+    except Exception as err:  # no network, a proxy, a mirror down: torchvision raises many kinds
+        raise DataError(f"the download of {name!r} failed ({type(err).__name__}: {err}).\n"
+                        + missing_message(name, root)) from None
+    folder = Path(root) / DATASETS[name].folder / "raw"
+    for file, expected in DOWNLOAD_SHA256.get(name, {}).items():
+        path = folder / file
+        try:
+            digest = hashlib.sha256()
+            with open_regular(path) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            actual = digest.hexdigest()
+        except (OSError, ReadRefused) as err:
+            raise DataError(f"the download of {name!r} left no readable {path} ({err}). "
+                            "Delete the folder and run `make data` again.") from None
+        if actual != expected:
+            for stale in (path, path.with_suffix("")):
+                stale.unlink(missing_ok=True)
+            raise DataError(f"downloaded {path} has SHA-256 {actual}, not {expected} (data/README.md); it was "
+                            "deleted. Run `make data` again, or install the files another way (data/README.md).")
+
+
+def missing_message(name: str, root) -> str:
+    """The error for a dataset found nowhere: every way to get it (notebook 00 shows it)."""
     spec = DATASETS[name]
     ways = [f"  1. put the files in {Path(root) / spec.folder / ('raw' if name != 'cifar10' else '')} "
             "(torchvision's layout),"]
     if spec.debian:
         ways.append(f"  2. on Debian/Ubuntu: sudo apt-get install {spec.debian_package} "
                     f"(installs them in {spec.debian}),")
-    ways.append(f"  {len(ways) + 1}. with internet: load_dataset({name!r}, download=True) "
-                "or `make data DOWNLOAD=1` (torchvision's download).")
+    ways.append(f"  {len(ways) + 1}. with internet: `make data` without OFFLINE=1 (apt-get as root, else torchvision's "
+                f"download, checked against data/README.md) or load_dataset({name!r}, download=True).")
     return f"dataset {name!r} not found. Get it one of these ways:\n" + "\n".join(ways)
+
+
+_missing_message = missing_message  # the name notebook 00 calls until it calls missing_message
 
 
 def load_dataset(name: str = "fashion_mnist", root="data", download: bool = False,
@@ -279,10 +321,10 @@ def load_dataset(name: str = "fashion_mnist", root="data", download: bool = Fals
     spec = DATASETS[name]
     found = find_files(name, root)
     if found is None and download:
-        _download(name, root)
+        download_dataset(name, root)
         found = find_files(name, root)
     if found is None:
-        raise DataError(_missing_message(name, root))
+        raise DataError(missing_message(name, root))
     source, paths = found
     splits = {}
     for split, files in paths.items():
