@@ -1,4 +1,4 @@
-"""Command line: ``python -m distill_utils data | run | sweep | report | lineage | sign | verify | pretrained |
+"""Command line: ``python -m distill_utils data | run | sweep | report | lineage | sign | verify | pretrained | readme |
 reference | search``."""
 from __future__ import annotations
 
@@ -297,6 +297,13 @@ def main(argv=None) -> int:
     p.add_argument("--readme", action="store_true",
                    help="rewrite the README's result table from the records, run nothing")
     p.set_defaults(func=cmd_reference)
+    p = sub.add_parser("readme", help="the README's per-notebook minutes from run records (workshop defaults)")
+    p.add_argument("--minutes", nargs="+", required=True, metavar="RUN",
+                   help="runs/<timestamp> folders written by `make run` (or single notebook runs); a notebook's "
+                        "minutes come from the first folder that has it")
+    p.add_argument("--write", action="store_true", help="rewrite README.md (default: print the minutes)")
+    p.add_argument("--file", default=None, help="the README to rewrite (default: the project's README.md)")
+    p.set_defaults(func=cmd_readme)
     p = sub.add_parser("search", help="Optuna search of compression settings (accuracy vs cost); rerun to continue")
     p.add_argument("--space", default="params/search.yaml", help="the search space (default params/search.yaml)")
     p.add_argument("--trials", type=int, required=True, help="finished trials the study should have in all")

@@ -80,7 +80,7 @@ def test_update_readme_rewrites_only_between_the_markers(tmp_path):
     assert "too few seeds to conclude" in text  # one seed: no verdict
     assert tables.update_readme(readme, tmp_path / "ref") is False  # idempotent
     readme.write_text("no markers here\n")
-    with pytest.raises(ValueError, match="no markers for the kd table"):
+    with pytest.raises(ValueError, match="README \\(kd table\\) has no markers"):
         tables.update_readme(readme, tmp_path / "ref")
 
 

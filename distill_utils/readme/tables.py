@@ -10,8 +10,8 @@ import json
 import statistics
 from pathlib import Path
 
+from distill_utils.readme.writer import between_markers, rewrite
 from distill_utils.runs.evidence import compare
-from distill_utils.runs.experiments import REPO
 from distill_utils.runs.reference import REFERENCE_DIR, describe, load, per_seed
 
 __all__ = ["kd_table", "pruning_table", "final_table", "search_table", "TABLES", "markers", "update_readme"]
@@ -235,18 +235,13 @@ def markers(name: str) -> tuple[str, str]:
             f"<!-- reference {name}: end -->")
 
 
+def with_tables(text: str, folder=None) -> str:
+    """``text`` (the README) with each table of ``TABLES`` rewritten between its markers."""
+    for name, table in TABLES.items():
+        text = between_markers(text, *markers(name), table(folder), where=f"the README ({name} table)")
+    return text
+
+
 def update_readme(readme=None, folder=None) -> bool:
     """Rewrite each table between its README markers; returns whether anything changed."""
-    readme = Path(readme or REPO / "README.md")
-    text = new = readme.read_text()
-    for name, table in TABLES.items():
-        start, end = markers(name)
-        if start not in new or end not in new:
-            raise ValueError(f"{readme} has no markers for the {name} table; put the lines\n{start}\n{end}\n"
-                             "where the table belongs")
-        before, rest = new.split(start, 1)
-        _, after = rest.split(end, 1)
-        new = f"{before}{start}\n{table(folder)}\n{end}{after}"
-    if new != text:
-        readme.write_text(new)
-    return new != text
+    return rewrite(lambda text: with_tables(text, folder), readme)
