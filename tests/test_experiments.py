@@ -18,6 +18,7 @@ from distill_utils.runs.experiments import (
     run_sequence,
     start_run,
 )
+from distill_utils.runs.harness import run_jobs, threads_per_worker
 from distill_utils.runs.params import ParameterError, validate
 from distill_utils.runs.report import summarise_sweep, swept_parameters, write_report
 from distill_utils.runs.sweeps import expand_grid, run_name, sweep
@@ -100,12 +101,13 @@ def tiny_notebook(folder: Path) -> Path:
         "seed: int = 0  # a seed\nout_dir: str = '.'  # where the record goes",
         "from pathlib import Path\n"
         "from distill_utils.models import build_model\n"
-        "from distill_utils.provenance.checkpoints import save_checkpoint\n"
+        "from distill_utils.provenance.checkpoints import save_checkpoint, verify_checkpoint\n"
         "with open(Path(out_dir).parent / 'executions.log', 'a') as f:\n"
         "    f.write(Path(out_dir).name + '\\n')\n"
         "if x == fail_on and seed == 0 and not (Path(out_dir).parent / 'allow').exists():\n"
         "    raise RuntimeError('forced failure')\n"
-        "save_checkpoint(build_model('student_mlp', width=0.05), Path(out_dir) / 'model.safetensors', run=run)",
+        "path = save_checkpoint(build_model('student_mlp', width=0.05), Path(out_dir) / 'model.safetensors')\n"
+        "run.checkpoint('written', verify_checkpoint(path))",
         "run.finish({'y': x * 10 + seed, 'nested': {'z': x}}, main='y')")
 
 
@@ -228,6 +230,22 @@ def test_sweep_on_a_dask_local_cluster(tmp_path):
     check_sweep(df, out, 0)
 
 
+def times_ten(x, threads=None):
+    """A harness job: ``x * 10`` and the threads it was given; x == 2 breaks."""
+    if x == 2:
+        raise RuntimeError("job 2 broke")
+    return x * 10, threads
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_harness_runs_every_job_and_reports_a_failing_one_without_stopping(processes):
+    done = {d.name: d for d in run_jobs(times_ten, {"a": (1,), "b": (2,), "c": (3,)}, workers=2, processes=processes)}
+    assert set(done) == {"a", "b", "c"}
+    assert done["a"].result == (10, threads_per_worker(2)) and done["c"].result == (30, threads_per_worker(2))
+    assert done["b"].result is None and str(done["b"].error) == "job 2 broke" and done["b"].args == (2,)
+    assert done["a"].error is None and threads_per_worker(10**6) == 1
+
+
 def test_cli_sweep_and_report(tmp_path, capsys):
     nb = tiny_notebook(tmp_path)
     out = tmp_path / "cli"
@@ -283,3 +301,14 @@ def test_cli_run_reports_a_failing_notebook_and_bad_files(tmp_path, capsys):
     assert read_record(record_path(out, "tiny"))["status"] == "failed" and (out / "report.html").exists()
     assert cli.main(["run", str(nb), "-f", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read parameter file" in capsys.readouterr().err
+
+
+def test_old_parameter_names_are_told_their_new_name(tmp_path):
+    """One name per concept: a parameter file written for an older version names the new spelling."""
+    from distill_utils.runs.experiments import check_parameter_names
+    with pytest.raises(ValueError, match="section '03_knowledge_distillation' sets 'few_labels'.*"
+                                         "renamed: it is now 'labelled_images'"):
+        check_parameter_names({"03_knowledge_distillation": {"few_labels": 3000}}, source="old.yaml")
+    with pytest.raises(ValueError, match="no notebook has a parameter named 'grid_T' \\(renamed: it is now "
+                                         "'temperatures'\\)"):
+        check_parameter_names({"grid_T": [1, 2]}, source="old.yaml")

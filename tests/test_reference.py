@@ -11,7 +11,7 @@ from distill_utils.runs.experiments import REPO
 def write_record(folder, seeds):
     record = {"notebook": "03_knowledge_distillation", "params_file": "params/full.yaml",
               "parameters": {"student_name": "student_cnn", "student_width": 1.0, "T": 4.0, "alpha": 0.9,
-                             "epochs": 15, "augment": True, "train_subset": 0, "few_labels": 3000, "few_epochs": 15},
+                             "epochs": 15, "augment": True, "train_images": 0, "labelled_images": 3000, "few_epochs": 15},
               "seeds": {str(s): {"metrics": {"teacher_acc": 0.9302, "scratch_test_acc": sc, "distilled_test_acc": kd,
                                              "few_scratch": {str(s): fs}, "few_distilled": {str(s): fk}},
                                  "wall_s": 100.0, "versions": {"torch": "x"}, "finished": "t"}
@@ -99,7 +99,7 @@ def test_runs_are_resumable_and_one_seed_at_a_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reference, "run_sequence", fake_run_sequence)
     reference.run_reference(["03"], [0, 1], folder=tmp_path / "ref", work=tmp_path / "work")
-    assert [c["seed"] for c in calls] == [0, 1] and all(c["few_seeds"] == [c["seed"]] for c in calls)
+    assert [c["seed"] for c in calls] == [0, 1] and all(c["seeds"] == [c["seed"]] for c in calls)
     assert calls[0]["epochs"] == 15 and calls[0]["augment"] is True  # params/full.yaml's section for notebook 03
     reference.run_reference(["03"], [0, 1, 2], folder=tmp_path / "ref", work=tmp_path / "work")
     assert [c["seed"] for c in calls] == [0, 1, 2]  # seeds 0 and 1 were skipped
@@ -124,13 +124,13 @@ def write_pruning_records(folder):
     def seeds(metrics_of):
         return {str(s): {"metrics": metrics_of(s), "wall_s": 1.0, "versions": {}, "finished": "t"} for s in (0, 1, 2)}
     magnitude = {"notebook": "05_magnitude_pruning", "params_file": "params/full.yaml",
-                 "parameters": {"finetune_images": 60000, "finetune_epochs": 5},
+                 "parameters": {"train_images": 60000, "finetune_epochs": 5},
                  "seeds": seeds(lambda s: {"dense_acc": 0.93, "target": 0.9,
                                            "bytes": {"dense_file": 2_000_000, "sparse_file": 250_000},
                                            "finetuned": {"one-shot": {str(s): 0.92 + s / 1000},
                                                          "gradual": {str(s): 0.931 + s / 1000}}})}
     channels = {"notebook": "06_channel_pruning", "params_file": "params/full.yaml",
-                "parameters": {"finetune_images": 60000, "finetune_epochs": 5, "criterion": "l1", "use_teacher": True},
+                "parameters": {"train_images": 60000, "finetune_epochs": 5, "criterion": "l1", "use_teacher": True},
                 "seeds": seeds(lambda s: {"dense_acc": 0.93, "finetuned": {"0.5": {str(s): 0.925 - s / 1000}},
                                           "costs": {"dense": {"flops": 16e6, "params": 688_000},
                                                     "0.5": {"flops": 4e6, "params": 320_000}}})}

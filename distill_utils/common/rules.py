@@ -118,7 +118,7 @@ RULES = {
 
 # Names an older version used, and what they are called now (a parameter file with one is told).
 RENAMED = {"train_subset": "train_images", "few_labels": "labelled_images", "labelled": "labelled_images",
-           "finetune_images": "train_images", "sweep_images": "labelled_images", "grid_T": "temperatures",
+           "finetune_images": "train_images", "sweep_images": "train_images", "grid_T": "temperatures",
            "sweep_T": "temperatures", "grid_alpha": "alphas", "sweep_alpha": "alphas", "few_seeds": "seeds"}
 
 

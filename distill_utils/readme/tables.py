@@ -41,11 +41,11 @@ def kd_table(folder=None) -> str:
     p, rows = record["parameters"], []
     teacher = [e["metrics"].get("teacher_acc") for e in record["seeds"].values()]
     settings = (("scratch_test_acc", "distilled_test_acc",
-                 f"all {'60,000' if not p.get('train_subset') else p['train_subset']} labels, {p.get('epochs')} epochs"
+                 f"all {'60,000' if not p.get('train_images') else p['train_images']} labels, {p.get('epochs')} epochs"
                  + (", crop + flip" if p.get("augment") else "")),
-                ("few_scratch", "few_distilled", f"{p.get('few_labels')} labels, {p.get('few_epochs')} epochs"),
-                ("few_scratch", "transfer", f"{p.get('few_labels')} labels vs the teacher alone on "
-                 f"{p.get('few_labels', 0) + p.get('transfer_images', 0):,} images, labels hidden (a transfer set), "
+                ("few_scratch", "few_distilled", f"{p.get('labelled_images')} labels, {p.get('few_epochs')} epochs"),
+                ("few_scratch", "transfer", f"{p.get('labelled_images')} labels vs the teacher alone on "
+                 f"{p.get('labelled_images', 0) + p.get('transfer_images', 0):,} images, labels hidden (a transfer set), "
                  f"{p.get('transfer_epochs')} epochs"))
     for scratch_key, kd_key, label in settings:
         scratch, kd = per_seed(record, scratch_key), per_seed(record, kd_key)
@@ -82,7 +82,7 @@ def pruning_table(folder=None) -> str:
         for schedule in m.get("finetuned", {}):
             acc = per_seed(magnitude, ("finetuned", schedule))
             rows.append(f"| {m['target']:.0%} of weights zero (global L1), {SCHEDULES.get(schedule, schedule)}, "
-                        f"{p.get('finetune_images'):,} images x {p.get('finetune_epochs')} epochs | "
+                        f"{p.get('train_images'):,} images x {p.get('finetune_epochs')} epochs | "
                         f"{_percent(acc.values())} | {_points(v - dense for v in acc.values())} | {shrank} |")
     if channels is not None:
         m, p = next(iter(channels["seeds"].values()))["metrics"], channels["parameters"]
@@ -91,7 +91,7 @@ def pruning_table(folder=None) -> str:
         for ratio in m.get("finetuned", {}):
             acc, c = per_seed(channels, ("finetuned", ratio)), costs[ratio]
             rows.append(f"| channels -{float(ratio):.0%} ({p.get('criterion', 'l1').upper()}) + fine-tune {how}, "
-                        f"{p.get('finetune_images'):,} images x {p.get('finetune_epochs')} epochs | "
+                        f"{p.get('train_images'):,} images x {p.get('finetune_epochs')} epochs | "
                         f"{_percent(acc.values())} | {_points(v - dense for v in acc.values())} | "
                         f"{costs['dense']['flops'] / c['flops']:.1f}x fewer FLOPs, "
                         f"{costs['dense']['params'] / c['params']:.1f}x fewer parameters |")

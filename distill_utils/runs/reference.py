@@ -1,7 +1,7 @@
 """Full-size reference results: per-seed records in ``data/reference/`` and the README's table.
 
 ``python -m distill_utils reference [--seeds 0 1 2] [--only 03 04]`` runs each notebook with
-``params/full.yaml`` once per seed (``seed``, and ``few_seeds``/``seeds`` set to that one seed)
+``params/full.yaml`` once per seed (``seed``, and ``seeds`` set to that one seed)
 and keeps, per notebook, one small JSON file ``data/reference/<notebook>.json``::
 
     {"notebook": ..., "params_file": "params/full.yaml", "parameters": {...},
@@ -69,9 +69,8 @@ def describe(record: dict) -> str:
 
 def _parameters_for_seed(declared: set, seed: int) -> dict:
     own = {"seed": seed}
-    for name in ("few_seeds", "seeds"):  # a notebook's own seed loop runs just this seed
-        if name in declared:
-            own[name] = [seed]
+    if "seeds" in declared:  # a notebook's own seed loop runs just this seed
+        own["seeds"] = [seed]
     return own
 
 
@@ -107,7 +106,7 @@ def run_reference(notebooks=NOTEBOOKS, seeds=(0, 1, 2), folder=None, work=None, 
 def add_seed(record: dict, seed: int, run: dict, wall_s: float) -> dict:
     """Put one finished run record (``<notebook>.record.json``) into ``record`` as ``seed``."""
     params = {k: v for k, v in run.get("parameters", {}).items() if k not in ("out_dir", "data_root", "seed")}
-    record["parameters"] = {k: v for k, v in params.items() if k not in ("few_seeds", "seeds")}
+    record["parameters"] = {k: v for k, v in params.items() if k != "seeds"}
     record["seeds"][str(seed)] = {"metrics": run.get("metrics", {}), "wall_s": round(wall_s, 1),
                                   "versions": {k: v for k, v in run.get("versions", {}).items() if k != "host"},
                                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
