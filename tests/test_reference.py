@@ -11,7 +11,8 @@ from distill_utils.runs.experiments import REPO
 def write_record(folder, seeds):
     record = {"notebook": "03_knowledge_distillation", "params_file": "params/full.yaml",
               "parameters": {"student_name": "student_cnn", "student_width": 1.0, "T": 4.0, "alpha": 0.9,
-                             "epochs": 15, "augment": True, "train_images": 0, "labelled_images": 3000, "few_epochs": 15},
+                             "epochs": 15, "augment": True, "train_images": 0, "labelled_images": 3000,
+                             "few_epochs": 15},
               "seeds": {str(s): {"metrics": {"teacher_acc": 0.9302, "scratch_test_acc": sc, "distilled_test_acc": kd,
                                              "few_scratch": {str(s): fs}, "few_distilled": {str(s): fk}},
                                  "wall_s": 100.0, "versions": {"torch": "x"}, "finished": "t"}

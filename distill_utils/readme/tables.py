@@ -45,8 +45,8 @@ def kd_table(folder=None) -> str:
                  + (", crop + flip" if p.get("augment") else "")),
                 ("few_scratch", "few_distilled", f"{p.get('labelled_images')} labels, {p.get('few_epochs')} epochs"),
                 ("few_scratch", "transfer", f"{p.get('labelled_images')} labels vs the teacher alone on "
-                 f"{p.get('labelled_images', 0) + p.get('transfer_images', 0):,} images, labels hidden (a transfer set), "
-                 f"{p.get('transfer_epochs')} epochs"))
+                 f"{p.get('labelled_images', 0) + p.get('transfer_images', 0):,} images, labels hidden "
+                 f"(a transfer set), {p.get('transfer_epochs')} epochs"))
     for scratch_key, kd_key, label in settings:
         scratch, kd = per_seed(record, scratch_key), per_seed(record, kd_key)
         if not scratch or not kd:
