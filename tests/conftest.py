@@ -5,6 +5,14 @@ import pytest
 import torch
 
 
+def tiny_dataset(n=64, seed=0):
+    """A random in-memory dataset shaped like Fashion-MNIST (test split = a copy of the training split)."""
+    from distill_utils.data import Dataset, Split
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return Dataset("tiny", Split(x, y), Split(x.clone(), y.clone()), tuple("0123456789"), (1, 28, 28), "memory")
+
+
 def write_idx(path, tensor: torch.Tensor, gz: bool = False):
     """Write a uint8 tensor as an IDX file (the format of MNIST and Fashion-MNIST)."""
     header = bytes([0, 0, 8, tensor.dim()]) + struct.pack(f">{tensor.dim()}I", *tensor.shape)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_models_train import tiny_dataset
 
+from conftest import tiny_dataset
 from distill_utils.distill import HintLoss, attention_loss, attention_map, distill, dkd_loss, kd_loss, teacher_outputs
 from distill_utils.models import build_model
 from distill_utils.train import set_seed

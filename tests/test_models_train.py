@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from distill_utils.data import Dataset, Split
+from conftest import tiny_dataset
 from distill_utils.models import MODELS, build_model, model_spec
 from distill_utils.train import choose_device, evaluate, fast_layout, fit, predict, set_seed
 
@@ -40,12 +40,6 @@ def test_bad_model_requests():
         build_model("student_cnn", depth=3)
     with pytest.raises(ValueError, match="build_model"):
         model_spec(torch.nn.Linear(2, 2))
-
-
-def tiny_dataset(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
-    return Dataset("tiny", Split(x, y), Split(x.clone(), y.clone()), tuple("0123456789"), (1, 28, 28), "memory")
 
 
 @pytest.mark.parametrize("name", ["student_cnn", "student_mlp"])

@@ -1,9 +1,9 @@
 
 import pytest
 import torch
-from test_models_train import tiny_dataset
 from torch.nn.utils import prune
 
+from conftest import tiny_dataset
 from distill_utils.models import build_model
 from distill_utils.provenance.checkpoints import load_checkpoint, save_checkpoint
 from distill_utils.prune import (
