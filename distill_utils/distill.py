@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill_utils.provenance import lineage
 from distill_utils.train import (
     autocast,
     choose_device,
     fingerprint,
     fit,
-    inference_copy,
+    for_inference,
     resolve_precision,
     uses_channels_last,
 )
@@ -126,24 +125,25 @@ def teacher_outputs(teacher, split, layer: int | None = None, batch_size: int = 
     ``layer`` is given, its feature map of that block; both float32 on ``device`` (notebook 03).
     ``precision`` as in ``fit``: the teacher runs under bf16 autocast where the hardware has it."""
     device = choose_device(device)
-    teacher = inference_copy(teacher, device)  # the caller's teacher keeps its layout and mode
-    channels_last = uses_channels_last(teacher)
     precision = resolve_precision(precision, device)
     logits, feats = [], []
-    for x, _ in split.batches(batch_size):
-        x = x.to(device)
-        x = x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-        with autocast(precision, device):
-            out, maps = teacher(x, return_features=True)
-        logits.append(out.float())
-        if layer is not None:
-            feats.append(maps[layer].float().contiguous())
+    with for_inference(teacher, device):  # the caller's teacher keeps its layout and mode
+        channels_last = uses_channels_last(teacher)
+        for x, _ in split.batches(batch_size):
+            x = x.to(device)
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+            with autocast(precision, device):
+                out, maps = teacher(x, return_features=True)
+            logits.append(out.float())
+            if layer is not None:
+                feats.append(maps[layer].float().contiguous())
     return torch.cat(logits), (torch.cat(feats) if layer is not None else None)
 
 
 def _identity(teacher) -> dict:
-    """The teacher's checkpoint (SHA-256 and path) if it is one unchanged, else a fingerprint of its weights."""
-    return lineage.origin(teacher) or {"weights": fingerprint(*teacher.state_dict().values())}
+    """Which teacher this is, for a resumed run to match: a fingerprint of its weights (a moved or
+    renamed teacher file is the same teacher)."""
+    return {"weights": fingerprint(*teacher.state_dict().values())}
 
 
 def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float = 4.0,
@@ -160,8 +160,8 @@ def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float 
     teacher's outputs are computed once and reused every epoch (``cache``); with it the teacher
     sees each augmented batch, exactly like the student. A cached feature map is kept for every
     training image (teacher block 1 on 60k images: 750 MB), logits are small. ``precision``
-    and the other arguments go to ``fit``; the distillation settings and the teacher's hash
-    go into the lineage and into what a resumed run must match.
+    and the other arguments go to ``fit``; the distillation settings and the teacher's weights
+    fingerprint go into what a resumed run must match.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown distillation loss {loss!r}; choose one of {sorted(LOSSES)}")
@@ -171,48 +171,49 @@ def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float 
         raise ValueError(f"temperature T must be a finite number > 0, got {T}; typical values are 1 to 8")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1] (the weight of the distillation term), got {alpha}")
-    logit_loss, kwargs = LOSSES[loss], dict(loss_kwargs or {})
+    kwargs = dict(loss_kwargs or {})
     device = choose_device(device)
     precision = resolve_precision(precision, device)
-    teacher = inference_copy(teacher, device)
-    train_split = getattr(data, "train", data)
-    layer = teacher_layer if feature else None
-    params, feat_loss = list(student.parameters()), None
-    if feature:
-        x, was_training = train_split.x[:2].to(device), student.training
-        with torch.no_grad():  # eval mode: probing shapes must not touch BatchNorm statistics
-            s_feat = student.to(device).eval()(x, return_features=True)[1][student_layer]
-            t_feat = teacher(x, return_features=True)[1][teacher_layer]
-        student.train(was_training)
-        if feature == "hint":
-            feat_loss = HintLoss(s_feat.shape[1], t_feat.shape[1], spatial=s_feat.dim() == 4).to(device)
-            params += list(feat_loss.parameters())
-        else:
-            if s_feat.dim() != 4 or t_feat.dim() != 4:
-                raise ValueError("attention transfer needs feature maps (N, C, H, W) from both models; "
-                                 "choose conv blocks with student_layer / teacher_layer")
-            feat_loss = attention_loss
-    cached = (teacher_outputs(teacher, train_split, layer, device=device, precision=precision)
-              if cache and not augment else None)
+    with for_inference(teacher, device):  # the caller's teacher is left as it was afterwards
+        logit_loss = LOSSES[loss]
+        train_split = getattr(data, "train", data)
+        layer = teacher_layer if feature else None
+        params, feat_loss = list(student.parameters()), None
+        if feature:
+            x, was_training = train_split.x[:2].to(device), student.training
+            with torch.no_grad():  # eval mode: probing shapes must not touch BatchNorm statistics
+                s_feat = student.to(device).eval()(x, return_features=True)[1][student_layer]
+                t_feat = teacher(x, return_features=True)[1][teacher_layer]
+            student.train(was_training)
+            if feature == "hint":
+                feat_loss = HintLoss(s_feat.shape[1], t_feat.shape[1], spatial=s_feat.dim() == 4).to(device)
+                params += list(feat_loss.parameters())
+            else:
+                if s_feat.dim() != 4 or t_feat.dim() != 4:
+                    raise ValueError("attention transfer needs feature maps (N, C, H, W) from both models; "
+                                     "choose conv blocks with student_layer / teacher_layer")
+                feat_loss = attention_loss
+        cached = (teacher_outputs(teacher, train_split, layer, device=device, precision=precision)
+                  if cache and not augment else None)
 
-    def step(model, x, y, index):  # runs under fit's autocast; the losses are computed in float32
-        if cached is not None:
-            t_logits = cached[0][index]
-            t_feat = cached[1][index] if feature else None
-        else:
-            with torch.no_grad():
-                t_logits, t_maps = teacher(x, return_features=True)
-            t_logits, t_feat = t_logits.float(), (t_maps[teacher_layer].float() if feature else None)
-        s_logits, s_maps = model(x, return_features=True)
-        s_logits = s_logits.float()
-        with torch.autocast(device.type, enabled=False):
-            total = logit_loss(s_logits, t_logits, y, T=T, alpha=alpha, **kwargs)
-            if feature:
-                total = total + feature_weight * feat_loss(s_maps[student_layer].float(), t_feat)
-        return total, s_logits
+        def step(model, x, y, index):  # runs under fit's autocast; the losses are computed in float32
+            if cached is not None:
+                t_logits = cached[0][index]
+                t_feat = cached[1][index] if feature else None
+            else:
+                with torch.no_grad():
+                    t_logits, t_maps = teacher(x, return_features=True)
+                t_logits, t_feat = t_logits.float(), (t_maps[teacher_layer].float() if feature else None)
+            s_logits, s_maps = model(x, return_features=True)
+            s_logits = s_logits.float()
+            with torch.autocast(device.type, enabled=False):
+                total = logit_loss(s_logits, t_logits, y, T=T, alpha=alpha, **kwargs)
+                if feature:
+                    total = total + feature_weight * feat_loss(s_maps[student_layer].float(), t_feat)
+            return total, s_logits
 
-    details = dict(op="distill", loss=loss, T=T, alpha=alpha, feature=feature, teacher=_identity(teacher),
-                   feature_weight=feature_weight if feature else None,
-                   layers=[student_layer, teacher_layer] if feature else None, loss_kwargs=kwargs or None)
-    return fit(student, data, epochs=epochs, augment=augment, step=step, params=params, device=device,
-               precision=precision, details={k: v for k, v in details.items() if v is not None}, **fit_kwargs)
+        details = dict(op="distill", loss=loss, T=T, alpha=alpha, feature=feature, teacher=_identity(teacher),
+                       feature_weight=feature_weight if feature else None,
+                       layers=[student_layer, teacher_layer] if feature else None, loss_kwargs=kwargs or None)
+        return fit(student, data, epochs=epochs, augment=augment, step=step, params=params, device=device,
+                   precision=precision, details={k: v for k, v in details.items() if v is not None}, **fit_kwargs)

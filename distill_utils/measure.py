@@ -8,7 +8,6 @@ effective weight ``weight_orig * weight_mask`` under its plain name and never th
 from __future__ import annotations
 
 import contextlib
-import copy
 import statistics
 import time
 import zlib
@@ -19,6 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from distill_utils.sparse import pack, resolve_masks
+from distill_utils.train import for_inference
 
 __all__ = ["count_params", "count_nonzero", "count_flops", "latency_ms", "size_on_disk", "summary"]
 
@@ -82,7 +82,7 @@ def latency_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 30,
                warmup: int = 5, threads: int | None = None) -> dict:
     """Median wall time of one forward pass of the batch, in ms (notebooks 01, 05, 06).
 
-    A copy of the model and the input are put in channels-last layout first, the fast one for
+    The model (for the measurement only) and the input are put in channels-last layout first, the fast one for
     convolutions, so models are compared on equal terms (the caller's model is left as it was).
     Eval mode, ``inference_mode``, ``threads`` CPU threads (default: the current
     ``torch.get_num_threads()``, restored afterwards), ``warmup`` untimed runs first. Returns
@@ -94,12 +94,11 @@ def latency_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 30,
     if (threads := previous if threads is None else threads) < 1:
         raise ValueError(f"threads must be >= 1 (or None for the current {previous}); got {threads}")
     if isinstance(example_input, torch.Tensor) and example_input.dim() == 4 and example_input.device.type != "mps":
-        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         example_input = example_input.contiguous(memory_format=torch.channels_last)
     sync, times = torch.cuda.synchronize if getattr(example_input, "is_cuda", False) else (lambda: None), []
     torch.set_num_threads(threads)
     try:
-        with _inference(model):
+        with for_inference(model), torch.inference_mode():  # fast layout; afterwards as it was
             for i in range(warmup + repeats):
                 sync()
                 start = time.perf_counter()

@@ -7,7 +7,7 @@ its own ``step`` function and the ``details`` of what it does.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -22,10 +22,9 @@ from tqdm.auto import tqdm
 
 from distill_utils.common import rules
 from distill_utils.common.files import atomic_write_bytes
-from distill_utils.provenance import lineage
 
 __all__ = ["set_seed", "choose_device", "bf16_native", "resolve_precision", "autocast", "TrainConfig", "fit",
-           "evaluate", "predict", "cross_entropy_step", "fast_layout", "inference_copy", "uses_channels_last",
+           "evaluate", "predict", "cross_entropy_step", "fast_layout", "for_inference", "uses_channels_last",
            "fingerprint"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -107,11 +106,22 @@ def fast_layout(model, device=None, channels_last: bool = True):
     return model.to(memory_format=torch.channels_last)
 
 
-def inference_copy(model, device=None):
-    """A copy of ``model`` for inference: on ``device`` (default: the model's), in the fast layout, in
-    eval mode. The caller's model keeps its device, layout and mode (notebook 01)."""
+@contextlib.contextmanager
+def for_inference(model, device=None):
+    """Use ``model`` for inference inside the ``with`` block: on ``device`` (default: its own), in the
+    fast layout, in eval mode. Afterwards its device, layout and training flags are what they were,
+    so the caller's model is left as it was (notebook 01). Yields the model."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    return fast_layout(copy.deepcopy(model), device).eval()
+    was_device, was_channels_last = next(model.parameters()).device, uses_channels_last(model)
+    flags = [(m, m.training) for m in model.modules()]
+    fast_layout(model, device).eval()
+    try:
+        yield model
+    finally:
+        model.to(was_device)
+        model.to(memory_format=torch.channels_last if was_channels_last else torch.contiguous_format)
+        for m, flag in flags:
+            m.training = flag
 
 
 def uses_channels_last(model) -> bool:
@@ -132,10 +142,11 @@ def predict(model, split, batch_size: int = 512, device=None, precision: str = "
 
     ``precision`` as in ``fit``: bf16 inference where the hardware has it (notebook 01)."""
     device = choose_device(device) if device is not None else next(model.parameters()).device
-    net = inference_copy(model, device)  # the caller's model keeps its layout and mode
-    channels_last, precision = uses_channels_last(net), resolve_precision(precision, device)
-    with torch.inference_mode(), autocast(precision, device):
-        out = [net(_inputs(x, device, channels_last)).float().cpu() for x, _ in split.batches(batch_size)]
+    precision = resolve_precision(precision, device)
+    with for_inference(model, device) as net:  # outside inference_mode: the parameters stay trainable
+        channels_last = uses_channels_last(net)
+        with torch.inference_mode(), autocast(precision, device):
+            out = [net(_inputs(x, device, channels_last)).float().cpu() for x, _ in split.batches(batch_size)]
     return torch.cat(out)
 
 
@@ -268,11 +279,6 @@ class _Loop:
                 "lr": self.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
 
 
-def _same_run(value):
-    """A checkpoint reference counts by its hash alone: a moved teacher is the same teacher."""
-    return value["sha256"] if isinstance(value, dict) and "sha256" in value else value
-
-
 def _summary_line(row: dict, epochs: int) -> str:
     """One readable line per epoch: what a saved notebook shows where a widget bar cannot render."""
     scores = " ".join(f"{k.removesuffix('_acc')} {v:.4f}" for k, v in row.items() if k in ("val_acc", "test_acc"))
@@ -291,8 +297,8 @@ def fit(model, data, config: TrainConfig | None = None, *, device=None, step=Non
     ``step(model, x, y, index) -> (loss, logits)`` replaces the cross-entropy step; ``params``
     replaces ``model.parameters()`` (e.g. to add a distillation regressor); ``callback(step)``
     runs after every optimizer step (1, 2, ...), e.g. to prune gradually. ``details`` names
-    what the training is (``{"op": "distill", "T": 4.0, ...}``): it goes into the lineage step
-    and into the identity a resumed run must match.
+    what the training is (``{"op": "distill", "T": 4.0, ...}``): it goes into the identity a
+    resumed run must match.
 
     ``precision="auto"`` trains under bf16 autocast where the hardware computes bf16 natively
     (``bf16_native``), else fp32 (fp16 with a gradient scaler on older CUDA GPUs).
@@ -315,7 +321,7 @@ def fit(model, data, config: TrainConfig | None = None, *, device=None, step=Non
     details = dict(details or {})
     op = details.pop("op", "fit")
     identity = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "channels_last"}, "op": op,
-                **{k: _same_run(v) for k, v in details.items()}, "precision": loop.precision,
+                **details, "precision": loop.precision,
                 "images": len(train_split),
                 "tensors": [list(p.shape) for p in params]}
     if state_file:
@@ -338,8 +344,6 @@ def fit(model, data, config: TrainConfig | None = None, *, device=None, step=Non
         history.append(row)
         if state_file:
             _save_state(state_file, identity, loop, history)
-    lineage.note(model, op, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, images=len(train_split),
-                 seed=cfg.seed, augment=cfg.augment or None, precision=loop.precision, **details)
     return history
 
 

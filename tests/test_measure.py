@@ -166,6 +166,7 @@ def test_measuring_and_predicting_leave_the_callers_model_as_it_was():
     from distill_utils.distill import teacher_outputs
     from distill_utils.train import evaluate, predict, uses_channels_last
     model = build_model("student_cnn", width=0.5).train()
+    prune.l1_unstructured(model.features[0][0], "weight", amount=0.5)  # a masked layer: weight is computed
     before = {k: v.clone() for k, v in model.state_dict().items()}
     split = Split(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))
     latency_ms(model, split.x[:2], repeats=1, warmup=0)
