@@ -12,12 +12,13 @@ over the batch; the ``T**2`` keeps its gradients the same size whatever ``T`` is
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill_utils.common import rules
 from distill_utils.train import (
     autocast,
     choose_device,
@@ -28,14 +29,13 @@ from distill_utils.train import (
     uses_channels_last,
 )
 
-__all__ = ["kd_loss", "dkd_loss", "HintLoss", "attention_loss", "LOSSES", "distill", "teacher_outputs"]
+__all__ = ["kd_loss", "dkd_loss", "HintLoss", "attention_loss", "LOSSES", "DistillConfig", "distill",
+           "teacher_outputs"]
 
 
 def _check(student_logits, teacher_logits, labels, T, alpha):
-    if not T > 0:
-        raise ValueError(f"temperature T must be > 0, got {T}; typical values are 1 to 8")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1] (the weight of the distillation term), got {alpha}")
+    rules.check("T", T)
+    rules.check("alpha", alpha)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape (batch, classes); "
@@ -146,34 +146,53 @@ def _identity(teacher) -> dict:
     return {"weights": fingerprint(*teacher.state_dict().values())}
 
 
-def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float = 4.0,
-            alpha: float = 0.9, feature: str | None = None, feature_weight: float = 1.0,
-            student_layer: int = -1, teacher_layer: int = -1, augment: bool = False,
-            cache: bool = True, loss_kwargs: dict | None = None, device=None, precision: str = "auto",
-            **fit_kwargs) -> list[dict]:
-    """Train ``student`` on ``data`` to match ``teacher``; returns ``fit``'s history (notebook 03).
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Every setting of ``distill`` beyond ``fit``'s (notebook 03).
 
     ``loss`` names a logit loss in ``LOSSES`` (``"kd"``, ``"dkd"``) called with ``T``, ``alpha``
     and ``loss_kwargs``. ``feature`` adds ``feature_weight`` times a feature loss between block
     ``student_layer`` and ``teacher_layer``: ``"hint"`` (FitNets, its regressor is trained
-    with the student) or ``"attention"`` (attention transfer). Without ``augment`` the
-    teacher's outputs are computed once and reused every epoch (``cache``); with it the teacher
-    sees each augmented batch, exactly like the student. A cached feature map is kept for every
-    training image (teacher block 1 on 60k images: 750 MB), logits are small. ``precision``
-    and the other arguments go to ``fit``; the distillation settings and the teacher's weights
+    with the student) or ``"attention"`` (attention transfer). ``cache``: compute the teacher's
+    outputs once and reuse them every epoch (without augmentation)."""
+    loss: str = "kd"
+    T: float = 4.0
+    alpha: float = 0.9
+    feature: str | None = None
+    feature_weight: float = 1.0
+    student_layer: int = -1
+    teacher_layer: int = -1
+    cache: bool = True
+    loss_kwargs: dict | None = None
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown distillation loss {self.loss!r}; choose one of {sorted(LOSSES)}")
+        if self.feature not in (None, *FEATURE_LOSSES):
+            raise ValueError(f"unknown feature loss {self.feature!r}; choose None or one of {FEATURE_LOSSES}")
+        for name in ("T", "alpha", "feature_weight"):
+            rules.check(name, getattr(self, name))
+
+
+def distill(student, teacher, data, config: DistillConfig | None = None, **settings) -> list[dict]:
+    """Train ``student`` on ``data`` to match ``teacher``; returns ``fit``'s history (notebook 03).
+
+    ``config`` and/or keywords set the distillation (``loss``, ``T``, ``alpha``, ``feature``, ...:
+    see ``DistillConfig``); every other keyword (``epochs``, ``lr``, ``augment``, ``precision``,
+    ``device``, ...) goes to ``fit``. Without ``augment`` the teacher's outputs are computed once
+    and reused every epoch (``cache``); with it the teacher sees each augmented batch, exactly
+    like the student. A cached feature map is kept for every training image (teacher block 1 on
+    60k images: 750 MB), logits are small. The distillation settings and the teacher's weights
     fingerprint go into what a resumed run must match.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown distillation loss {loss!r}; choose one of {sorted(LOSSES)}")
-    if feature not in (None, *FEATURE_LOSSES):
-        raise ValueError(f"unknown feature loss {feature!r}; choose None or one of {FEATURE_LOSSES}")
-    if not 0 < T < math.inf:
-        raise ValueError(f"temperature T must be a finite number > 0, got {T}; typical values are 1 to 8")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1] (the weight of the distillation term), got {alpha}")
-    kwargs = dict(loss_kwargs or {})
-    device = choose_device(device)
-    precision = resolve_precision(precision, device)
+    own = {f.name for f in dataclasses.fields(DistillConfig)}
+    cfg = dataclasses.replace(config or DistillConfig(), **{k: v for k, v in settings.items() if k in own})
+    fit_kwargs = {k: v for k, v in settings.items() if k not in own}
+    loss, T, alpha, feature, feature_weight = cfg.loss, cfg.T, cfg.alpha, cfg.feature, cfg.feature_weight
+    student_layer, teacher_layer, kwargs = cfg.student_layer, cfg.teacher_layer, dict(cfg.loss_kwargs or {})
+    device = choose_device(fit_kwargs.pop("device", None))
+    precision = resolve_precision(fit_kwargs.pop("precision", "auto"), device)
+    augment = fit_kwargs.get("augment", False)
     with for_inference(teacher, device):  # the caller's teacher is left as it was afterwards
         logit_loss = LOSSES[loss]
         train_split = getattr(data, "train", data)
@@ -194,7 +213,7 @@ def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float 
                                      "choose conv blocks with student_layer / teacher_layer")
                 feat_loss = attention_loss
         cached = (teacher_outputs(teacher, train_split, layer, device=device, precision=precision)
-                  if cache and not augment else None)
+                  if cfg.cache and not augment else None)
 
         def step(model, x, y, index):  # runs under fit's autocast; the losses are computed in float32
             if cached is not None:
@@ -215,5 +234,5 @@ def distill(student, teacher, data, epochs: int = 3, loss: str = "kd", T: float 
         details = dict(op="distill", loss=loss, T=T, alpha=alpha, feature=feature, teacher=_identity(teacher),
                        feature_weight=feature_weight if feature else None,
                        layers=[student_layer, teacher_layer] if feature else None, loss_kwargs=kwargs or None)
-        return fit(student, data, epochs=epochs, augment=augment, step=step, params=params, device=device,
-                   precision=precision, details={k: v for k, v in details.items() if v is not None}, **fit_kwargs)
+        return fit(student, data, step=step, params=params, device=device, precision=precision,
+                   details={k: v for k, v in details.items() if v is not None}, **fit_kwargs)

@@ -286,7 +286,8 @@ def _summary_line(row: dict, epochs: int) -> str:
             + (f", {scores}" if scores else "") + f", {row['seconds']:.1f} s")
 
 
-def fit(model, data, config: TrainConfig | None = None, *, device=None, step=None, params=None, callback=None,
+def fit(  # noqa: PLR0913 (the settings are the TrainConfig dataclass; the keywords are hooks)
+        model, data, config: TrainConfig | None = None, *, device=None, step=None, params=None, callback=None,
         state_file=None, resume: bool = False, progress: bool = True, details: dict | None = None,
         **settings) -> list[dict]:
     """Train ``model`` on ``data`` and return the per-epoch history (notebook 01).

@@ -107,6 +107,7 @@ RULES = {
     "T": in_range(0, low_open=True, what="the temperature"), "similarity_T": positive,
     "alpha": in_range(0, 1, what="the weight of the distillation term"),
     "hint_weight": non_negative, "attention_weight": non_negative, "dkd_nckd_weight": non_negative,
+    "feature_weight": non_negative,
     "tolerance": non_negative,
     "target": weight_fraction, "sparsities": each(weight_fraction),
     "amount": channel_fraction, "ratio": channel_fraction, "ratios": each(channel_fraction),
