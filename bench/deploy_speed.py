@@ -1,9 +1,10 @@
 """Which int8 path is both accurate and fast? One model (default: the shipped teacher) in PyTorch
 fp32 (the reference), PyTorch fp32 with Conv+BN fused, PyTorch's own x86 int8, onnxruntime
 fp32 and several onnxruntime int8 variants: test accuracy, latency at batch 1 and 256 and
-bytes on disk. Latencies are measured in interleaved rounds (every variant once per round, the
-median of --repeats runs after warm-up each time), and each speed-up is the median over rounds
-of (PyTorch fp32 time / this time) from the same round, so a busy machine slows both sides.
+bytes on disk. Latencies are measured in interleaved rounds by ``deploy.interleaved_ms`` (every
+variant once per round, the median of --repeats runs after warm-up each time; notebook 09 uses the
+same timer), and each speed-up is ``deploy.paired_speedup``: the median over rounds of (PyTorch
+fp32 time / this time) from the same round, so a busy machine slows both sides.
 Usage: python bench/deploy_speed.py [--checkpoint X.safetensors] [--threads 2] [--rounds 5] [--repeats 20]
 """
 import argparse
@@ -11,7 +12,6 @@ import io
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,35 +29,6 @@ ORT_VARIANTS = {  # name -> quantize_int8 keyword arguments (None: the fp32 expo
     "ORT int8 static QOperator u8, ReLU left after the pool": {"quant_format": "qoperator", "move_relu": False},
     "ORT int8 dynamic (weights only)": {"method": "dynamic"},
 }
-
-
-def torch_runner(model, x):
-    model = model.eval()
-    if not isinstance(model, torch.fx.GraphModule):  # the fp32 models run channels-last, as measure.latency_ms does
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-
-    def run():
-        with torch.inference_mode():
-            model(x)
-    return run
-
-
-def onnx_runner(path, x, threads):
-    sess = deploy.session(path, threads)
-    feed = {sess.get_inputs()[0].name: x.numpy()}
-    return lambda: sess.run(None, feed)
-
-
-def median_ms(run, repeats, warmup=3):
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main():
@@ -86,18 +57,15 @@ def main():
             with torch.inference_mode():
                 logits = torch.cat([net(xb) for xb, _ in ds.test.batches(256)])
             rows[name] = {"acc": (logits.argmax(1) == ds.test.y).float().mean().item(), "bytes": nbytes}
-            runners[name] = {b: torch_runner(net, xb) for b, xb in x.items()}
+            runners.update({(name, b): deploy.torch_runner(net, xb) for b, xb in x.items()})
         for name, kwargs in ORT_VARIANTS.items():
             path = fp32 if kwargs is None else deploy.quantize_int8(fp32, Path(tmp) / f"v{len(rows)}.onnx", ds.train,
                                                                    images=args.calibration, **kwargs)
             rows[name] = {"acc": deploy.evaluate_onnx(path, ds.test, threads=args.threads),
                           "bytes": os.path.getsize(path)}
-            runners[name] = {b: onnx_runner(path, xb, args.threads) for b, xb in x.items()}
-        times = {name: {1: [], 256: []} for name in rows}
-        for _ in range(args.rounds):
-            for name in rows:
-                for b in (1, 256):
-                    times[name][b].append(median_ms(runners[name][b], args.repeats * (5 if b == 1 else 1)))
+            runners.update({(name, b): deploy.onnx_runner(path, xb, args.threads) for b, xb in x.items()})
+        repeats = {(name, b): args.repeats * (5 if b == 1 else 1) for name, b in runners}
+        times = deploy.interleaved_ms(runners, args.rounds, repeats)
     ref = "PyTorch fp32 (reference)"
     print(f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, {args.threads} threads; "
           f"{args.rounds} interleaved rounds, each the median of {args.repeats * 5} (batch 1) / {args.repeats} "
@@ -105,9 +73,9 @@ def main():
     print(f"{'variant':56} {'accuracy':>8} {'ms @1':>7} {'x @1':>6} {'ms @256':>8} {'x @256':>7} "
           f"{'bytes':>10} {'x smaller':>9}")
     for name, r in rows.items():
-        speed = {b: statistics.median(t0 / t for t0, t in zip(times[ref][b], times[name][b])) for b in (1, 256)}
-        print(f"{name:56} {100 * r['acc']:7.2f}% {statistics.median(times[name][1]):7.3f} {speed[1]:5.2f}x "
-              f"{statistics.median(times[name][256]):8.2f} {speed[256]:6.2f}x {r['bytes']:10,} "
+        speed = {b: deploy.paired_speedup(times[ref, b], times[name, b]) for b in (1, 256)}
+        print(f"{name:56} {100 * r['acc']:7.2f}% {statistics.median(times[name, 1]):7.3f} {speed[1]:5.2f}x "
+              f"{statistics.median(times[name, 256]):8.2f} {speed[256]:6.2f}x {r['bytes']:10,} "
               f"{rows[ref]['bytes'] / r['bytes']:8.2f}x")
 
 

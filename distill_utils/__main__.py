@@ -126,14 +126,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_lineage(args) -> int:
-    from distill_utils.provenance.checkpoints import CheckpointError, broken_links, format_lineage, lineage_chain
-    try:
-        if Path(args.checkpoint).suffix == ".onnx":  # an exported model: its lineage is in its metadata
-            from distill_utils.deploy import onnx_lineage_chain
-            chain = onnx_lineage_chain(args.checkpoint)
-        else:
-            chain = lineage_chain(args.checkpoint)
-    except CheckpointError as err:  # e.g. a malformed signing key
+    from distill_utils.provenance.lineage import broken_links, format_lineage, lineage_chain
+    from distill_utils.provenance.signing import SigningKeyError
+    try:  # a checkpoint or an .onnx file: one walker reads both
+        chain = lineage_chain(args.checkpoint)
+    except SigningKeyError as err:  # e.g. a malformed signing key
         return fail(err)
     print(format_lineage(chain))
     broken = broken_links(chain)
@@ -162,7 +159,8 @@ def cmd_pretrained(args) -> int:
     """Train the shipped teacher with params/full.yaml and copy it to data/pretrained/."""
     import hashlib
 
-    from distill_utils.provenance.checkpoints import PRETRAINED_DIR, verify_checkpoint
+    from distill_utils.provenance.checkpoints import verify_checkpoint
+    from distill_utils.provenance.pretrained import PRETRAINED_DIR
     from distill_utils.runs.experiments import REPO, run_sequence
     from distill_utils.runs.params import read_parameter_file
     out = run_sequence(["01"], REPO / "runs" / "pretrained", read_parameter_file(REPO / "params" / "full.yaml"))
@@ -173,7 +171,7 @@ def cmd_pretrained(args) -> int:
     print(f"shipped teacher: sha256 {manifest['sha256']}, metrics {manifest['metadata'].get('metrics')}")
     json_sha = hashlib.sha256((PRETRAINED_DIR / "teacher_fashion_mnist.json").read_bytes()).hexdigest()
     print(f"update PRETRAINED (weights) and PRETRAINED_MANIFESTS ({json_sha}) in "
-          "distill_utils/provenance/checkpoints.py")
+          "distill_utils/provenance/pretrained.py")
     return 0
 
 

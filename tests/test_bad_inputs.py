@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_checkpoints import _rewrite_manifest, as_format_1
+from checkpoint_helpers import as_format_1, rewrite_manifest
 
 from conftest import make_idx_dataset, write_notebook
 from distill_utils import data
 from distill_utils.common import files as _io
 from distill_utils.data import DataError, Split
 from distill_utils.models import build_model
-from distill_utils.provenance import checkpoints
+from distill_utils.provenance import pretrained
 from distill_utils.provenance.checkpoints import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
 from distill_utils.runs.experiments import read_record, record_path, start_run
 from distill_utils.runs.params import ParameterError, validate
@@ -117,22 +117,22 @@ def test_08_bit_flipped_checkpoint(tmp_path):
         load_checkpoint(path)
 
 
-def rewrite_manifest(path, **changes):
+def rewrite_architecture(path, **changes):
     """Edit the architecture in the manifest inside the file (its tensors' hash still matches)."""
     manifest = json.loads(path.with_suffix(".json").read_text())
-    _rewrite_manifest(path, architecture={**manifest["architecture"], **changes})
+    rewrite_manifest(path, architecture={**manifest["architecture"], **changes})
 
 
 def test_09_wrong_architecture(tmp_path):
     path = saved(tmp_path)
-    rewrite_manifest(path, name="teacher_cnn", kwargs={})
+    rewrite_architecture(path, name="teacher_cnn", kwargs={})
     with pytest.raises(CheckpointError, match="do not fit teacher_cnn.*shape mismatches"):
         load_checkpoint(path)
 
 
 def test_10_wrong_number_of_classes(tmp_path):
     path = saved(tmp_path)
-    rewrite_manifest(path, kwargs={"width": 0.25, "num_classes": 5})
+    rewrite_architecture(path, kwargs={"width": 0.25, "num_classes": 5})
     with pytest.raises(CheckpointError, match=r"checkpoint \(10, .*\) vs model \(5, .*re-save"):
         load_checkpoint(path)
 
@@ -377,9 +377,9 @@ def test_r2_1_full_disk_on_the_manifest_copy_tells_the_truth(tmp_path, monkeypat
 def test_r2_1_the_shipped_first_format_teacher_still_loads_and_is_untouched():
     before = {s: hashlib.sha256(SHIPPED.with_suffix(s).read_bytes()).hexdigest() for s in (".safetensors", ".json")}
     net, manifest = load_pretrained()
-    assert manifest["format_version"] == 1 and manifest["sha256"] == checkpoints.PRETRAINED["teacher_fashion_mnist"]
-    assert before == {".safetensors": checkpoints.PRETRAINED["teacher_fashion_mnist"],
-                      ".json": checkpoints.PRETRAINED_MANIFESTS["teacher_fashion_mnist"]}
+    assert manifest["format_version"] == 1 and manifest["sha256"] == pretrained.PRETRAINED["teacher_fashion_mnist"]
+    assert before == {".safetensors": pretrained.PRETRAINED["teacher_fashion_mnist"],
+                      ".json": pretrained.PRETRAINED_MANIFESTS["teacher_fashion_mnist"]}
 
 
 # Class 2: untrusted metadata never sizes an allocation or a read
@@ -395,7 +395,7 @@ def test_r2_2_manifest_cannot_size_an_allocation(tmp_path, edit, message):
         net.classifier[4].weight[:, 1:] = 0  # mostly zeros: stored as values + bitmask
     path = save_checkpoint(net, tmp_path / "m.safetensors", sparse=True)
     assert "classifier.4.weight" in load_checkpoint(path)[1]["sparse"]
-    _rewrite_manifest(path, **edit)
+    rewrite_manifest(path, **edit)
     before = path.read_bytes()
     out = capped(f"""
         try:
@@ -521,13 +521,13 @@ def test_r2_3_empty_or_whitespace_key_is_an_error(tmp_path, monkeypatch, setting
     assert cli.main(["sign", str(path)]) == 1 and cli.main(["verify", str(path)]) == 1
 
 
-def test_r2_3_lineage_fails_on_a_broken_link_and_escapes_control_characters(tmp_path, capsys):
+def test_lineage_fails_on_a_broken_link_and_escapes_control_characters(tmp_path, capsys):
     from distill_utils import __main__ as cli
-    from distill_utils.provenance import lineage
+    from distill_utils.provenance.lineage import Lineage
     parent = saved(tmp_path, "parent")
-    child_model, _ = load_checkpoint(parent)
-    lineage.note(child_model, "fit\x1b[2J", note="evil\rtext\x07")
-    child = save_checkpoint(child_model, tmp_path / "child.safetensors")
+    child_model, manifest = load_checkpoint(parent)
+    lineage = Lineage.of(manifest).then("fit\x1b[2J", note="evil\rtext\x07")
+    child = save_checkpoint(child_model, tmp_path / "child.safetensors", lineage=lineage)
     assert cli.main(["lineage", str(child)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\r" not in out and "\x07" not in out and "fit\\x1b[2J(note=evil\\rtext\\x07)" in out
@@ -607,9 +607,9 @@ def cli_cases(tmp_path):
     broken.mkdir()
     (broken / "x.record.json").write_text('{"status": "ok", "parameters": ')
     lineage_bad = saved(tmp_path, "lin")
-    _rewrite_manifest(lineage_bad, lineage="not a record")
+    rewrite_manifest(lineage_bad, lineage="not a record")
     sig_bad = saved(tmp_path, "sig")
-    _rewrite_manifest(sig_bad, signature="not a signature")
+    rewrite_manifest(sig_bad, signature="not a signature")
     grid = tmp_path / "grid.yaml"
     grid.write_text("[1, 2]\n")
     return {

@@ -6,9 +6,10 @@ import pickle
 
 import pytest
 import torch
+from checkpoint_helpers import as_format_1, rewrite_manifest
 
 from distill_utils.models import build_model
-from distill_utils.provenance import checkpoints
+from distill_utils.provenance import pretrained
 from distill_utils.provenance.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -28,26 +29,6 @@ def _model(name="student_cnn", **kwargs):
     with torch.no_grad():
         model(torch.randn(8, 1, 28, 28))
     return model.eval()
-
-
-def _rewrite_manifest(weights, **changes):
-    """Edit the manifest inside a checkpoint (format 2); its tensors and their hash stay as they were."""
-    blob = weights.read_bytes()
-    header, _ = checkpoints._split_header(blob)
-    manifest = json.loads(header["__metadata__"][checkpoints.META_KEY])
-    weights.write_bytes(checkpoints._with_manifest(blob, {**manifest, **changes}))
-
-
-def as_format_1(weights):
-    """Rewrite a checkpoint in the first format: plain safetensors, the manifest only in the .json."""
-    from safetensors.torch import load, save
-    manifest = {k: v for k, v in verify_checkpoint(weights).items()
-                if k not in ("verified", "tensors_sha256", "tensor_bytes", "signature")}
-    plain = save(load(weights.read_bytes()))
-    weights.write_bytes(plain)
-    manifest.update(format_version=1, sha256=hashlib.sha256(plain).hexdigest(), bytes=len(plain))
-    weights.with_suffix(".json").write_text(json.dumps(manifest))
-    return manifest
 
 
 @pytest.mark.parametrize("name,kwargs", SPECS, ids=[s[0] for s in SPECS])
@@ -80,7 +61,9 @@ def test_round_trip(tmp_path, name, kwargs):
     assert load_checkpoint(path.with_suffix(".json"))[1] == manifest
     assert verify_checkpoint(path) == manifest
     # the .json beside it is a readable copy of the manifest inside the file
-    assert json.loads(path.with_suffix(".json").read_text()) == {k: v for k, v in manifest.items() if k != "verified"}
+    copy_ = json.loads(path.with_suffix(".json").read_text())
+    assert copy_ == {k: v for k, v in manifest.items() if k not in ("verified", "path")}
+    assert manifest["path"] == str(path.resolve())  # where it was read: for Lineage.of and run.checkpoint
 
 
 @pytest.mark.parametrize("name,kwargs", SPECS[1:], ids=[s[0] for s in SPECS[1:]])
@@ -162,7 +145,7 @@ def test_renamed_pickle_is_never_unpickled(tmp_path):
 
 def test_wrong_num_classes_names_mismatched_keys(tmp_path):
     path = save_checkpoint(_model("student_cnn"), tmp_path / "m.safetensors")
-    _rewrite_manifest(path, architecture={"name": "student_cnn", "kwargs": {"num_classes": 5}})
+    rewrite_manifest(path, architecture={"name": "student_cnn", "kwargs": {"num_classes": 5}})
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     msg = str(err.value)
@@ -171,7 +154,7 @@ def test_wrong_num_classes_names_mismatched_keys(tmp_path):
 
 def test_wrong_model_name_names_missing_keys(tmp_path):
     path = save_checkpoint(_model("student_cnn"), tmp_path / "m.safetensors")
-    _rewrite_manifest(path, architecture={"name": "student_mlp", "kwargs": {}})
+    rewrite_manifest(path, architecture={"name": "student_mlp", "kwargs": {}})
     with pytest.raises(CheckpointError, match="missing keys") as err:
         load_checkpoint(path)
     assert "head.weight" in str(err.value) and "unexpected keys" in str(err.value)
@@ -179,7 +162,7 @@ def test_wrong_model_name_names_missing_keys(tmp_path):
 
 def test_unknown_architecture(tmp_path):
     path = save_checkpoint(_model(), tmp_path / "m.safetensors")
-    _rewrite_manifest(path, architecture={"name": "resnet9000", "kwargs": {}})
+    rewrite_manifest(path, architecture={"name": "resnet9000", "kwargs": {}})
     with pytest.raises(CheckpointError, match="unknown architecture 'resnet9000'") as err:
         load_checkpoint(path)
     assert "student_cnn" in str(err.value)
@@ -245,14 +228,14 @@ def test_load_pretrained_from_root(tmp_path, monkeypatch):
     model = _model("student_cnn", width=0.5)
     path = save_checkpoint(model, tmp_path / "teacher_fashion_mnist.safetensors")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    monkeypatch.setitem(checkpoints.PRETRAINED, "teacher_fashion_mnist", sha)
-    monkeypatch.setitem(checkpoints.PRETRAINED_MANIFESTS, "teacher_fashion_mnist",
+    monkeypatch.setitem(pretrained.PRETRAINED, "teacher_fashion_mnist", sha)
+    monkeypatch.setitem(pretrained.PRETRAINED_MANIFESTS, "teacher_fashion_mnist",
                         hashlib.sha256(path.with_suffix(".json").read_bytes()).hexdigest())
     loaded, manifest = load_pretrained(root=tmp_path)
     assert manifest["sha256"] == sha
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    monkeypatch.setitem(checkpoints.PRETRAINED, "teacher_fashion_mnist", "0" * 64)
+    monkeypatch.setitem(pretrained.PRETRAINED, "teacher_fashion_mnist", "0" * 64)
     with pytest.raises(CheckpointError, match="not the expected file"):
         load_pretrained(root=tmp_path)

@@ -12,7 +12,10 @@ from distill_utils import deploy, models
 from distill_utils.__main__ import main as cli
 from distill_utils.data import Split, load_dataset
 from distill_utils.deploy import DeployError
+from distill_utils.distill import distill
 from distill_utils.provenance.checkpoints import load_checkpoint, load_pretrained, save_checkpoint
+from distill_utils.provenance.lineage import Lineage, file_ref, lineage_chain
+from distill_utils.prune import prune_channels
 
 
 def tiny(seed=0):
@@ -155,13 +158,50 @@ def test_latency_onnx(teacher_files):
     assert out["latency_ms"] > 0 and out["threads"] == 1 and out["batch_size"] == 4
 
 
+def test_interleaved_timer_alternates_and_pairs_by_round():
+    calls = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    times = deploy.interleaved_ms(runners, rounds=2, repeats={"a": 2, "b": 1}, warmup=1)
+    # each round: a (1 warm-up + 2 timed), then b (1 + 1); then the next round
+    assert calls == ["a"] * 3 + ["b"] * 2 + ["a"] * 3 + ["b"] * 2
+    assert set(times) == {"a", "b"} and all(len(t) == 2 and min(t) >= 0 for t in times.values())
+    assert deploy.paired_speedup([4.0, 10.0, 6.0], [2.0, 2.0, 3.0]) == 2.0  # median of 2, 5, 2
+    with pytest.raises(ValueError, match="repeats has no count for"):
+        deploy.interleaved_ms(runners, rounds=1, repeats={"a": 1})
+
+
+def test_runners_leave_the_callers_model_alone(teacher_files):
+    teacher, fp32, _ = teacher_files
+    x = torch.randn(2, 1, 28, 28)
+    before = {k: v.stride() for k, v in teacher.state_dict().items()}
+    deploy.torch_runner(teacher, x)()
+    assert {k: v.stride() for k, v in teacher.state_dict().items()} == before  # layout unchanged
+    assert deploy.onnx_runner(fp32, x, threads=1)() is not None
+
+
+def test_quantize_torch_int8_restores_the_quantized_engine(fashion):
+    before = torch.backends.quantized.engine
+    other = next(e for e in torch.backends.quantized.supported_engines if e not in (before, "none"))
+    torch.backends.quantized.engine = other
+    try:
+        model = tiny()
+        int8 = deploy.quantize_torch_int8(model, fashion.train, images=64)
+        assert torch.backends.quantized.engine == other
+    finally:
+        torch.backends.quantized.engine = before
+    x = fashion.test.x[:256]
+    with torch.no_grad():
+        agree = (int8(x).argmax(1) == model(x).argmax(1)).float().mean().item()
+    assert agree > 0.9  # an int8 copy of the same model
+
+
 def test_lineage_round_trip(tmp_path, monkeypatch, capsys, fashion):
     monkeypatch.setenv("DISTILL_SIGNING_KEY", "k" * 32)
     ckpt = save_checkpoint(tiny(), tmp_path / "student.safetensors")
     model, manifest = load_checkpoint(ckpt)
-    fp32 = deploy.export_onnx(model, tmp_path / "student.onnx")
+    fp32 = deploy.export_onnx(model, tmp_path / "student.onnx", lineage=Lineage.of(manifest))
     int8 = deploy.quantize_int8(fp32, tmp_path / "student_int8.onnx", fashion.train, images=64)
-    chain = deploy.onnx_lineage_chain(int8)
+    chain = lineage_chain(int8)
     assert [e["path"] for e in chain] == [str(int8), str(fp32.resolve()), str(ckpt.resolve())]
     assert chain[1]["sha256"] == hashlib.sha256(fp32.read_bytes()).hexdigest()
     assert chain[2]["sha256"] == manifest["sha256"]
@@ -178,14 +218,41 @@ def test_lineage_round_trip(tmp_path, monkeypatch, capsys, fashion):
         if p.key == "distill_lab.steps":
             p.value = p.value.replace("static", "dynamic")
     onnx.save(proto, int8)
-    assert deploy.onnx_lineage_chain(int8)[0]["verified"] == "unverified"
+    assert lineage_chain(int8)[0]["verified"] == "unverified"
+
+
+def test_whole_chain_from_int8_back_to_the_teacher(tmp_path, fashion):
+    """teacher checkpoint -> channel-pruned + distilled checkpoint -> fp32 ONNX -> int8 ONNX: the
+    walker goes from the int8 file back through both file kinds to the teacher, named twice
+    (pruned from it and distilled from it) but listed once. Upper-case suffixes are read too."""
+    teacher_file = save_checkpoint(tiny(1), tmp_path / "teacher.safetensors")
+    teacher, teacher_manifest = load_checkpoint(teacher_file)
+    student = prune_channels(teacher, 0.5)
+    distill(student, teacher, fashion.train.subset(64, seed=0), epochs=1, progress=False)
+    lineage = Lineage.of(teacher_manifest).then("prune_channels", amount=0.5).then(
+        "distill", teacher=file_ref(teacher_manifest), T=4.0)
+    kd_file = save_checkpoint(student, tmp_path / "pruned_kd.safetensors", lineage=lineage)
+    _, kd_manifest = load_checkpoint(kd_file)
+    fp32 = deploy.export_onnx(student, tmp_path / "pruned_kd.onnx", lineage=Lineage.of(kd_manifest))
+    int8 = deploy.quantize_int8(fp32, tmp_path / "pruned_kd_int8.onnx", method="dynamic")
+    loud = tmp_path / "PRUNED_KD_INT8.ONNX"
+    loud.write_bytes(int8.read_bytes())
+    for top in (int8, loud):
+        chain = lineage_chain(top)
+        assert [(e["depth"], e["role"], e["path"]) for e in chain] == [
+            (0, "checkpoint", str(top)), (1, "from", str(fp32.resolve())), (2, "from", str(kd_file.resolve())),
+            (3, "from and teacher", str(teacher_file.resolve()))]
+        assert not any(e["problem"] for e in chain)
+        assert [[s["op"] for s in e["steps"]] for e in chain] == [
+            ["export_onnx", "quantize_int8"], ["export_onnx"], ["prune_channels", "distill"], []]
+    assert chain[2]["steps"][1]["teacher"]["sha256"] == chain[3]["sha256"] == teacher_manifest["sha256"]
 
 
 def test_lineage_of_a_moved_parent(tmp_path, capsys):
     fp32 = deploy.export_onnx(tiny(), tmp_path / "a.onnx")
     int8 = deploy.quantize_int8(fp32, tmp_path / "b.onnx", method="dynamic")
     fp32.unlink()
-    chain = deploy.onnx_lineage_chain(int8)
+    chain = lineage_chain(int8)
     assert chain[0]["problem"] is None and chain[1]["problem"] == "file not found"
     assert cli(["lineage", str(int8)]) == 1
     assert "1 link(s) of the lineage are broken" in capsys.readouterr().err
@@ -206,6 +273,18 @@ def test_unexportable_model_is_a_clear_error_and_keeps_the_old_file(tmp_path):
     assert path.read_bytes() == b"old"
     with pytest.raises(DeployError, match="must end in .onnx"):
         deploy.export_onnx(tiny(), tmp_path / "m.pt")
+    with pytest.raises(DeployError, match="lineage must be a Lineage"):
+        deploy.export_onnx(tiny(), path, lineage={"parents": []})
+    assert path.read_bytes() == b"old"
+
+
+def test_unknown_quantize_setting_is_a_clear_error(tmp_path):
+    fp32 = deploy.export_onnx(tiny(), tmp_path / "m.onnx")
+    with pytest.raises(DeployError, match=r"unknown quantize_int8 setting\(s\) \['calibraton'\]; the settings are"):
+        deploy.quantize_int8(fp32, tmp_path / "q.onnx", method="dynamic", calibraton=10)
+    with pytest.raises(DeployError, match="method must be 'static' or 'dynamic', got 'weights'"):
+        deploy.quantize_int8(fp32, tmp_path / "q.onnx", method="weights")
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_wrong_calibration_shape_is_a_clear_error(tmp_path):

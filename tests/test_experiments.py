@@ -71,7 +71,9 @@ def test_every_notebook_validates_right_after_parameters_and_finishes_a_record()
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         cells = [c for c in nbformat.read(path, 4).cells if c.cell_type == "code"]
         i = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
-        assert f'start_run("{path.stem}", globals())' in cells[i + 1].source, path.name
+        opening = cells[i + 1].source  # one prologue call: versions, parameters checked, run record, data, teacher
+        assert (f'start_run("{path.stem}", globals())' in opening if path.stem.startswith("00_")
+                else f'start_lesson("{path.stem}", globals()' in opening), path.name
         assert any("run.finish(" in c.source for c in cells[i + 2:]), path.name
         for line in cells[i].source.splitlines():  # typed, commented literals
             assert ": " in line.split("=")[0] and "  # " in line, f"{path.name}: {line}"

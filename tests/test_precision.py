@@ -1,12 +1,11 @@
 """Mixed precision: the choice of precision, its effect, and refusing to resume a different run."""
 import pytest
 import torch
-from test_models_train import tiny_dataset
 
+from conftest import tiny_dataset
 from distill_utils import train
 from distill_utils.distill import distill, teacher_outputs
 from distill_utils.models import build_model
-from distill_utils.provenance import lineage
 from distill_utils.train import TrainConfig, evaluate, fit, predict, resolve_precision
 
 
@@ -20,23 +19,26 @@ def linear_dtypes(model):
 
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
-def test_forced_precision_is_used_and_recorded(precision, dtype):
+def test_forced_precision_is_used_and_recorded(tmp_path, precision, dtype):
     model = build_model("student_cnn", width=0.5)
     seen = linear_dtypes(model)
-    fit(model, tiny_dataset(32).train, epochs=1, batch_size=16, progress=False, device="cpu", precision=precision)
+    state = tmp_path / "state.pt"
+    fit(model, tiny_dataset(32).train, epochs=1, batch_size=16, progress=False, device="cpu", precision=precision,
+        state_file=state)
     assert seen == {dtype}
-    assert lineage.get(model)["steps"][-1]["precision"] == precision
+    assert torch.load(state, weights_only=True)["config"]["precision"] == precision  # what a resume must match
 
 
 @pytest.mark.parametrize("native, expected", [(False, "fp32"), (True, "bf16")])
-def test_auto_follows_the_hardware_check(monkeypatch, native, expected):
+def test_auto_follows_the_hardware_check(tmp_path, monkeypatch, native, expected):
     monkeypatch.setattr(train, "bf16_native", lambda device: native)
     assert resolve_precision("auto", "cpu") == expected
     model = build_model("student_mlp")
     seen = linear_dtypes(model)
-    fit(model, tiny_dataset(32).train, epochs=1, batch_size=16, progress=False, device="cpu")
+    state = tmp_path / "state.pt"
+    fit(model, tiny_dataset(32).train, epochs=1, batch_size=16, progress=False, device="cpu", state_file=state)
     assert seen == {torch.bfloat16 if native else torch.float32}
-    assert lineage.get(model)["steps"][-1]["precision"] == expected
+    assert torch.load(state, weights_only=True)["config"]["precision"] == expected
 
 
 def test_bad_precision_is_one_clear_error():

@@ -3,22 +3,21 @@ import json
 
 import pytest
 import torch
+from checkpoint_helpers import rewrite_manifest
 
 from distill_utils import __main__ as cli
 from distill_utils.data import Split
 from distill_utils.distill import distill
 from distill_utils.models import build_model
 from distill_utils.provenance.checkpoints import (
-    PRETRAINED,
-    PRETRAINED_DIR,
     CheckpointError,
-    format_lineage,
-    lineage_chain,
     load_checkpoint,
     load_pretrained,
     save_checkpoint,
     verify_checkpoint,
 )
+from distill_utils.provenance.lineage import Lineage, file_ref, format_lineage, lineage_chain
+from distill_utils.provenance.pretrained import PRETRAINED, PRETRAINED_DIR
 from distill_utils.prune import prune_channels, prune_magnitude
 from distill_utils.train import fit
 
@@ -67,8 +66,7 @@ def test_manifest_edit_breaks_the_signature(tmp_path, monkeypatch):
     manifest["metadata"]["accuracy"] = 0.99  # a flattering edit of the readable copy is ignored
     path.with_suffix(".json").write_text(json.dumps(manifest))
     assert load_checkpoint(path)[1]["metadata"]["accuracy"] == 0.5
-    from test_checkpoints import _rewrite_manifest
-    _rewrite_manifest(path, metadata={"accuracy": 0.99})  # the same edit inside the file
+    rewrite_manifest(path, metadata={"accuracy": 0.99})  # the same edit inside the file
     with pytest.raises(CheckpointError, match="does not match"):
         load_checkpoint(path)
 
@@ -84,12 +82,15 @@ def test_short_key_and_pinned_pretrained(monkeypatch):
 
 def test_lineage_records_every_step(tmp_path):
     teacher_path = save_checkpoint(small_cnn(1), tmp_path / "teacher.safetensors")
-    teacher, _ = load_checkpoint(teacher_path)
+    teacher, manifest = load_checkpoint(teacher_path)
     student = prune_channels(teacher, 0.5)
     distill(student, teacher, tiny_split(), epochs=1, T=2.0, alpha=0.7, progress=False)
-    kd_path = save_checkpoint(student, tmp_path / "pruned_kd.safetensors")
+    lineage = Lineage.of(manifest).then("prune_channels", amount=0.5).then(
+        "distill", teacher=file_ref(manifest), T=2.0, alpha=0.7, epochs=1)
+    kd_path = save_checkpoint(student, tmp_path / "pruned_kd.safetensors", lineage=lineage)
     prune_magnitude(student, 0.5, scope="global")
-    sparse_path = save_checkpoint(student, tmp_path / "sparse.safetensors", sparse=True)
+    sparse_path = save_checkpoint(student, tmp_path / "sparse.safetensors", sparse=True,
+                                  lineage=Lineage.of(verify_checkpoint(kd_path)).then("prune_magnitude", amount=0.5))
 
     chain = lineage_chain(sparse_path)
     assert [(e["depth"], e["role"], e["path"]) for e in chain] == [
@@ -100,7 +101,7 @@ def test_lineage_records_every_step(tmp_path):
     assert [s["op"] for s in ops] == ["prune_channels", "distill"]
     assert ops[1]["T"] == 2.0 and ops[1]["alpha"] == 0.7 and ops[1]["teacher"]["sha256"] == chain[2]["sha256"]
     text = format_lineage(chain)
-    assert "prune_channels(amount=0.5" in text and "steps: (none recorded)" in text
+    assert "prune_channels(amount=0.5)" in text and "steps: (none recorded)" in text
     teacher_path.unlink()  # a missing ancestor is reported, not an exception
     assert lineage_chain(sparse_path)[2]["problem"] == "file not found"
     assert cli.main(["lineage", str(sparse_path)]) == 1  # a broken link is a failure
@@ -109,9 +110,10 @@ def test_lineage_records_every_step(tmp_path):
 def test_lineage_finds_the_shipped_teacher_after_a_move(tmp_path):
     """Paths in a lineage are absolute; the shipped teacher is found by its pinned hash wherever
     the child was made (another clone, another machine)."""
-    teacher, _ = load_pretrained()
+    teacher, manifest = load_pretrained()
     student = prune_channels(teacher, 0.5)
-    child = save_checkpoint(student, tmp_path / "child.safetensors")
+    child = save_checkpoint(student, tmp_path / "child.safetensors",
+                            lineage=Lineage.of(manifest).then("prune_channels", amount=0.5))
     manifest_file = child.with_suffix(".json")
     manifest = json.loads(manifest_file.read_text())
     manifest["lineage"]["parents"][0]["path"] = "/elsewhere/data/pretrained/teacher_fashion_mnist.safetensors"
@@ -119,6 +121,35 @@ def test_lineage_finds_the_shipped_teacher_after_a_move(tmp_path):
     parent = lineage_chain(child)[1]
     assert parent["problem"] is None and parent["sha256"] == PRETRAINED["teacher_fashion_mnist"]
     assert parent["path"] == str(PRETRAINED_DIR / "teacher_fashion_mnist.safetensors")
+
+
+def test_lineage_is_a_value(tmp_path):
+    """Nothing is attached to the model: the lineage is what the caller passes, and ``then`` leaves
+    the value it was called on as it was."""
+    path = save_checkpoint(small_cnn(), tmp_path / "m.safetensors")
+    model, manifest = load_checkpoint(path)
+    start = Lineage.of(manifest)
+    longer = start.then("prune_magnitude", amount=0.5, scope=None)
+    assert start.steps == () and longer.steps == ({"op": "prune_magnitude", "amount": 0.5},)
+    assert start.parents == ({"sha256": manifest["sha256"], "path": str(path.resolve())},)
+    assert not hasattr(prune_magnitude(model, 0.5), "lineage")
+    assert json.loads(save_checkpoint(model, tmp_path / "plain.safetensors").with_suffix(".json").read_text())[
+        "lineage"] == {"parents": [], "steps": []}  # nothing passed, nothing recorded
+    with pytest.raises(ValueError, match="lineage step 'prune_channels': a parameter is not JSON-serialisable"):
+        start.then("prune_channels", criterion=object())
+    with pytest.raises(CheckpointError, match="lineage must be a Lineage"):
+        save_checkpoint(model, tmp_path / "x.safetensors", lineage={"parents": []})
+
+
+def test_lineage_walker_ends_on_a_loop(tmp_path):
+    """Two files that name each other as parent: each is listed once more, then the walk stops."""
+    a = save_checkpoint(small_cnn(1), tmp_path / "a.safetensors")
+    b = save_checkpoint(small_cnn(2), tmp_path / "b.safetensors")
+    rewrite_manifest(a, lineage={"parents": [{"sha256": "x", "path": str(b)}], "steps": []})
+    rewrite_manifest(b, lineage={"parents": [{"sha256": "y", "path": str(a)}], "steps": []})
+    chain = lineage_chain(a)
+    assert [(e["depth"], e["path"]) for e in chain] == [(0, str(a)), (1, str(b)), (2, str(a))]
+    assert all("not the recorded one" in e["problem"] for e in chain[1:])
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path):

@@ -1,38 +1,42 @@
-"""Deployment (notebook 09): ONNX export, int8 quantization, onnxruntime accuracy and latency."""
-from distill_utils.deploy.onnx_int8 import (
-    DeployError,
+"""Deployment (notebook 09): the int8 arithmetic (``int8``), ONNX export and safe reading
+(``export``), int8 quantization (``quantize``), onnxruntime accuracy and latency (``runtime``) and
+one interleaved timer (``timing``). Everything public is importable from here:
+``from distill_utils import deploy; deploy.export_onnx(model, "model.onnx")``."""
+from distill_utils.deploy.export import DeployError, export_onnx, onnx_metadata, session
+from distill_utils.deploy.int8 import int8_params, quantize_tensor
+from distill_utils.deploy.quantize import (
+    Int8Options,
     calibration_images,
-    evaluate_onnx,
-    export_onnx,
     fuse_conv_bn,
-    int8_params,
-    latency_onnx,
-    onnx_lineage_chain,
-    onnx_metadata,
-    predict_onnx,
     quantization_params,
     quantize_int8,
-    quantize_tensor,
     quantize_torch_int8,
     relu_before_pool,
-    session,
 )
+from distill_utils.deploy.runtime import evaluate_onnx, latency_onnx, onnx_runner, predict_onnx, torch_runner
+from distill_utils.deploy.timing import interleaved_ms, median_ms, paired_speedup, run_times
 
 __all__ = [
     "DeployError",
     "export_onnx",
-    "quantize_int8",
-    "evaluate_onnx",
-    "predict_onnx",
-    "latency_onnx",
     "onnx_metadata",
-    "onnx_lineage_chain",
+    "session",
     "int8_params",
     "quantize_tensor",
-    "session",
-    "fuse_conv_bn",
-    "quantize_torch_int8",
+    "Int8Options",
+    "quantize_int8",
     "calibration_images",
     "quantization_params",
     "relu_before_pool",
+    "fuse_conv_bn",
+    "quantize_torch_int8",
+    "evaluate_onnx",
+    "predict_onnx",
+    "latency_onnx",
+    "onnx_runner",
+    "torch_runner",
+    "interleaved_ms",
+    "paired_speedup",
+    "median_ms",
+    "run_times",
 ]

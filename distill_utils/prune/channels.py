@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from distill_utils.models import ConvNet
-from distill_utils.provenance import lineage
 from distill_utils.prune.amount import check_amount
 
 
@@ -162,7 +161,4 @@ def prune_channels(model: nn.Module, amount: float, criterion="l1", example_inpu
         pruned = _prune_convnet(model, amount, _criterion(criterion), scope, min_channels)
     else:
         pruned = _prune_with_torch_pruning(model, amount, criterion, example_input, scope)
-    lineage.inherit(pruned, model)
-    lineage.note(pruned, "prune_channels", amount=amount, scope=scope,
-                 criterion=criterion if isinstance(criterion, str) else type(criterion).__name__)
     return pruned

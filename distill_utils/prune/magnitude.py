@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from distill_utils.provenance import lineage
 from distill_utils.prune.amount import check_amount
 
 LAYER_TYPES = {"conv": nn.Conv2d, "linear": nn.Linear}
@@ -76,7 +75,6 @@ def prune_magnitude(model: nn.Module, amount: float, scope: str = "layer", layer
             k = max(round(amount * sum(s.numel() for s in scores)), sum(_masked(m) for m in group))
             for m, mask in zip(group, _l1_mask(scores, k)):
                 _apply(m, mask)
-    lineage.note(model, "prune_magnitude", amount=amount, scope=scope)
     return model
 
 

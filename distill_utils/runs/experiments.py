@@ -95,9 +95,9 @@ def _json_safe(value):
 class Run:
     """One notebook run's record; ``finish(metrics)`` completes it (every notebook's last cell).
 
-    Checkpoints the run reads or writes are listed in the record when they are passed through it:
-    ``load_checkpoint(path, run=run)``, ``save_checkpoint(model, path, run=run)`` (or by hand,
-    ``run.checkpoint("read", path, sha256)``)."""
+    Checkpoints the run reads or writes are listed in the record when the notebook says so, with
+    the manifest ``load_checkpoint`` / ``load_pretrained`` / ``verify_checkpoint`` return:
+    ``run.checkpoint("read", manifest)``, ``run.checkpoint("written", verify_checkpoint(path))``."""
 
     def __init__(self, notebook: str, out_dir, parameters: dict):
         self.path = record_path(out_dir, notebook)
@@ -116,12 +116,16 @@ class Run:
             raise OSError(f"cannot write the run record {self.path}: {err.strerror or err}. Set the out_dir "
                           "parameter to a writable folder with free space (e.g. -p out_dir runs/mine)") from None
 
-    def checkpoint(self, op: str, path, sha256: str) -> None:
-        """Note a checkpoint this run ``"read"`` or ``"written"`` (the checkpoint functions call this
-        when given ``run=``); the record lists each file once per operation."""
+    def checkpoint(self, op: str, manifest: dict) -> None:
+        """Note a checkpoint this run ``"read"`` or ``"written"``: ``manifest`` as ``load_checkpoint``,
+        ``load_pretrained`` or ``verify_checkpoint`` return it (its file's ``path`` and ``sha256``);
+        the record lists each file once per operation (notebook 01)."""
         if op not in ("read", "written"):
             raise ValueError(f"op must be 'read' or 'written', got {op!r}")
-        entry = {"path": str(Path(path).resolve()), "sha256": sha256}
+        if not isinstance(manifest, dict) or not manifest.get("path") or not manifest.get("sha256"):
+            raise ValueError("run.checkpoint needs the manifest that load_checkpoint, load_pretrained or "
+                             f"verify_checkpoint return (with 'path' and 'sha256'); got {type(manifest).__name__}")
+        entry = {"path": str(Path(manifest["path"]).resolve()), "sha256": manifest["sha256"]}
         if entry not in self.record["checkpoints"][op]:
             self.record["checkpoints"][op].append(entry)
 

@@ -90,7 +90,7 @@ def _md_table(df) -> str:
 
 
 def _lineages(root: Path) -> list[str]:
-    from distill_utils.provenance.checkpoints import format_lineage, lineage_chain
+    from distill_utils.provenance.lineage import format_lineage, lineage_chain
     texts = []
     for file in sorted(root.rglob(f"*{RECORD}")):
         written = ((read_record(file) or {}).get("checkpoints") or {}).get("written", [])
