@@ -287,6 +287,13 @@ def test_unknown_quantize_setting_is_a_clear_error(tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
+def test_unusable_signing_key_is_a_deploy_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_SIGNING_KEY", "short")
+    with pytest.raises(DeployError, match="the signing key is 5 bytes"):
+        deploy.export_onnx(tiny(), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_wrong_calibration_shape_is_a_clear_error(tmp_path):
     fp32 = deploy.export_onnx(tiny(), tmp_path / "m.onnx")
     out = tmp_path / "q.onnx"

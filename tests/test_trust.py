@@ -152,6 +152,13 @@ def test_lineage_walker_ends_on_a_loop(tmp_path):
     assert all("not the recorded one" in e["problem"] for e in chain[1:])
 
 
+def test_lineage_with_an_unusable_key_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    path = save_checkpoint(small_cnn(), tmp_path / "m.safetensors")
+    monkeypatch.setenv("DISTILL_SIGNING_KEY", "short")
+    assert cli.main(["lineage", str(path)]) == 1
+    assert capsys.readouterr().err.startswith("FAIL: the signing key is 5 bytes; use at least 16 random bytes")
+
+
 def test_resumed_training_equals_uninterrupted(tmp_path):
     data = tiny_split(96)
     args = dict(epochs=3, lr=0.01, batch_size=32, seed=0, progress=False)

@@ -91,12 +91,16 @@ def _md_table(df) -> str:
 
 def _lineages(root: Path) -> list[str]:
     from distill_utils.provenance.lineage import format_lineage, lineage_chain
+    from distill_utils.provenance.signing import SigningKeyError
     texts = []
     for file in sorted(root.rglob(f"*{RECORD}")):
         written = ((read_record(file) or {}).get("checkpoints") or {}).get("written", [])
         for entry in written if isinstance(written, list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("path"), str) and Path(entry["path"]).is_file():
-                texts.append(format_lineage(lineage_chain(entry["path"])))
+                try:
+                    texts.append(format_lineage(lineage_chain(entry["path"])))
+                except SigningKeyError as err:  # the report still shows everything else
+                    return [f"lineage not checked: {err}"]
     return texts
 
 
