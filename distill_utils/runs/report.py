@@ -104,7 +104,7 @@ def _lineages(root: Path) -> list[str]:
     return texts
 
 
-def _final_rows(final) -> list:
+def final_rows(final) -> list:
     """Notebook 07's final table from its record (a JSON list of rows), or [] if absent or malformed."""
     if not len(final) or "metric.final_table" not in final or final["metric.final_table"].dropna().empty:
         return []
@@ -153,7 +153,7 @@ def write_report(path, title: str | None = None) -> tuple[Path, Path]:
         html_parts += ["<h2>Notebooks</h2>", overview.to_html(index=False)]
         md += ["## Notebooks", "", _md_table(overview), ""]
     final = df[df.notebook == "07_prune_and_distill"]
-    rows = _final_rows(final)
+    rows = final_rows(final)
     if rows:
         table = pd.DataFrame(rows)
         html_parts += ["<h2>Final comparison</h2>", table.to_html(index=False, float_format=FOUR)]
