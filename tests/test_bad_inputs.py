@@ -253,7 +253,7 @@ def test_19_unwritable_output_folder(tmp_path):
 
 
 # 20: a sweep worker killed mid-run
-def test_20_sweep_worker_killed_mid_run(tmp_path):
+def test_a_sweep_run_killed_mid_run_fails_alone_and_runs_again(tmp_path):
     path = write_notebook(
         tmp_path / "killer.ipynb",
         "x: int = 1  # a number\nout_dir: str = '.'  # where the record goes",
@@ -311,7 +311,7 @@ def same_state(a, b):
 
 # Class 1: a save never destroys the previous good checkpoint
 @pytest.mark.parametrize("killed_at", [1, 2], ids=["during-the-weights-rename", "between-weights-and-manifest-copy"])
-def test_r2_1_killed_save_leaves_a_checkpoint_that_loads(tmp_path, killed_at):
+def test_killed_save_leaves_a_checkpoint_that_loads(tmp_path, killed_at):
     path = saved(tmp_path)
     old = state_of(path)
     code = f"""
@@ -335,7 +335,7 @@ def test_r2_1_killed_save_leaves_a_checkpoint_that_loads(tmp_path, killed_at):
     assert same_state(new, {k: v for k, v in model(seed=1).state_dict().items()}) == (killed_at == 2)
 
 
-def test_r2_1_concurrent_writers_leave_one_whole_checkpoint(tmp_path):
+def test_concurrent_writers_leave_one_whole_checkpoint(tmp_path):
     path = tmp_path / "m.safetensors"
     code = """
         import sys, torch
@@ -356,7 +356,7 @@ def test_r2_1_concurrent_writers_leave_one_whole_checkpoint(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_r2_1_full_disk_on_the_manifest_copy_tells_the_truth(tmp_path, monkeypatch):
+def test_full_disk_on_the_manifest_copy_tells_the_truth(tmp_path, monkeypatch):
     path = saved(tmp_path)
     calls, real = [], os.fsync
 
@@ -374,7 +374,7 @@ def test_r2_1_full_disk_on_the_manifest_copy_tells_the_truth(tmp_path, monkeypat
     assert not path.with_suffix(".json").exists() and not list(tmp_path.glob(".*.tmp"))  # no stale copy
 
 
-def test_r2_1_the_shipped_first_format_teacher_still_loads_and_is_untouched():
+def test_the_shipped_first_format_teacher_still_loads_and_is_untouched():
     before = {s: hashlib.sha256(SHIPPED.with_suffix(s).read_bytes()).hexdigest() for s in (".safetensors", ".json")}
     net, manifest = load_pretrained()
     assert manifest["format_version"] == 1 and manifest["sha256"] == pretrained.PRETRAINED["teacher_fashion_mnist"]
@@ -389,7 +389,7 @@ def test_r2_1_the_shipped_first_format_teacher_still_loads_and_is_untouched():
     ({"architecture": {"name": "teacher_cnn", "kwargs": {"width": 3000.0}}}, "do not fit teacher_cnn"),
     ({"architecture": {"name": "student_mlp", "kwargs": {"hidden": [2**40]}}}, "do not fit student_mlp"),
 ], ids=["sparse-shape-10G", "sparse-shape-malformed", "width-3000", "hidden-2**40"])
-def test_r2_2_manifest_cannot_size_an_allocation(tmp_path, edit, message):
+def test_manifest_cannot_size_an_allocation(tmp_path, edit, message):
     net = model()
     with torch.no_grad():
         net.classifier[4].weight[:, 1:] = 0  # mostly zeros: stored as values + bitmask
@@ -406,7 +406,7 @@ def test_r2_2_manifest_cannot_size_an_allocation(tmp_path, edit, message):
     assert message in out and path.read_bytes() == before
 
 
-def test_r2_2_weights_size_is_checked_before_reading(tmp_path):
+def test_weights_size_is_checked_before_reading(tmp_path):
     path = saved(tmp_path)
     as_format_1(path)
     with open(path, "r+b") as f:  # a 64 GiB sparse file: reading it whole would need 64 GiB
@@ -420,7 +420,7 @@ def test_r2_2_weights_size_is_checked_before_reading(tmp_path):
     assert "is 68,719,476,736 bytes but its manifest says" in out
 
 
-def test_r2_2_gzip_bomb_is_read_only_as_far_as_its_header_says(tmp_path, no_debian):
+def test_gzip_bomb_is_read_only_as_far_as_its_header_says(tmp_path, no_debian):
     raw = tmp_path / "FashionMNIST" / "raw"
     make_idx_dataset(raw, gz=True)
     bomb = raw / "train-labels-idx1-ubyte.gz"
@@ -446,7 +446,7 @@ def test_r2_2_gzip_bomb_is_read_only_as_far_as_its_header_says(tmp_path, no_debi
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
-def test_r2_2_only_regular_files_are_read(tmp_path, kind):
+def test_only_regular_files_are_read(tmp_path, kind):
     raw = tmp_path / "FashionMNIST" / "raw"
     make_idx_dataset(raw)
     ckpt = saved(tmp_path)
@@ -476,7 +476,7 @@ def shipped_copy(tmp_path):
     return tmp_path / "teacher_fashion_mnist.safetensors"
 
 
-def test_r2_3_edited_manifest_beside_pinned_weights_is_refused(tmp_path, monkeypatch):
+def test_edited_manifest_beside_pinned_weights_is_refused(tmp_path, monkeypatch):
     path = shipped_copy(tmp_path)
     manifest = json.loads(path.with_suffix(".json").read_text())
     manifest["architecture"]["kwargs"]["num_classes"] = 10
@@ -492,7 +492,7 @@ def test_r2_3_edited_manifest_beside_pinned_weights_is_refused(tmp_path, monkeyp
     assert load_pretrained(root=tmp_path)[1]["verified"] == "no key"  # the untouched pair loads
 
 
-def test_r2_3_signature_binds_the_file_name_and_its_contents(tmp_path, monkeypatch):
+def test_signature_binds_the_file_name_and_its_contents(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_SIGNING_KEY", KEY)
     a, b = saved(tmp_path, "a"), saved(tmp_path, "b", seed=1)
     shutil.copy(a, tmp_path / "renamed.safetensors")
@@ -507,7 +507,7 @@ def test_r2_3_signature_binds_the_file_name_and_its_contents(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("setting", ["env-empty", "env-spaces", "file-empty", "file-name-empty"])
-def test_r2_3_empty_or_whitespace_key_is_an_error(tmp_path, monkeypatch, setting):
+def test_empty_or_whitespace_key_is_an_error(tmp_path, monkeypatch, setting):
     path = saved(tmp_path)
     key_file = tmp_path / "key"
     key_file.write_text(" \n")
@@ -556,7 +556,7 @@ def tiny(tmp_path):
     ("- epochs\n", "must map parameter names to values"),
     ("epochs: [1,\n", "is not valid YAML"),
 ], ids=["top-level-typo", "section-typo", "key-typo-in-section", "a-list", "broken-yaml"])
-def test_r2_4_typos_in_parameter_files_are_refused(tmp_path, capsys, text, message):
+def test_typos_in_parameter_files_are_refused(tmp_path, capsys, text, message):
     from distill_utils import __main__ as cli
     params = tmp_path / "p.yaml"
     params.write_text(text)
@@ -566,7 +566,7 @@ def test_r2_4_typos_in_parameter_files_are_refused(tmp_path, capsys, text, messa
     assert message in err and err.count("\n") == 1 and not out.exists()
 
 
-def test_r2_4_numbers_are_read_as_numbers_and_checked_up_front(tmp_path, capsys):
+def test_numbers_are_read_as_numbers_and_checked_up_front(tmp_path, capsys):
     from distill_utils import __main__ as cli
     from distill_utils.runs.params import parse_value
     nb = tiny(tmp_path)
@@ -585,7 +585,7 @@ def test_r2_4_numbers_are_read_as_numbers_and_checked_up_front(tmp_path, capsys)
         assert message in err and err.startswith("FAIL: bad notebook parameter") and not bad.exists(), err
 
 
-def test_r2_4_empty_splits_and_non_integer_batch_sizes(tmp_path, no_debian):
+def test_empty_splits_and_non_integer_batch_sizes(tmp_path, no_debian):
     with pytest.raises(ValueError, match="a split needs at least one example"):
         Split(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="subset size must be between 1 and 64, got 0"):
@@ -637,7 +637,7 @@ CLI_CASES = ["run-unknown-notebook", "run-0", "run-empty-name", "run-unwritable-
 
 
 @pytest.mark.parametrize("case", CLI_CASES)
-def test_r2_5_cli_errors_are_one_line_and_non_zero(tmp_path, capsys, monkeypatch, case):
+def test_cli_errors_are_one_line_and_non_zero(tmp_path, capsys, monkeypatch, case):
     from distill_utils import __main__ as cli
     cases, kept = cli_cases(tmp_path)
     argv, message = cases[case]
@@ -652,7 +652,7 @@ def test_r2_5_cli_errors_are_one_line_and_non_zero(tmp_path, capsys, monkeypatch
 
 
 # Class 6: sweeps keep every result and never return stale ones
-def test_r2_6_runs_are_keyed_by_all_their_parameters(tmp_path):
+def test_sweep_runs_are_keyed_by_all_their_parameters(tmp_path):
     nb = write_notebook(
         tmp_path / "names.ipynb",
         "name: str = 'a'  # any text\nk: int = 1  # a fixed parameter\nseed: int = 0  # a seed\n"
