@@ -1,6 +1,7 @@
-"""The compression search: space validation, resuming a killed study, failing trials, Dask, records."""
+"""The compression search: space validation, options, resuming a killed study, failing trials, Dask, records."""
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from distill_utils import __main__ as cli
 from distill_utils.runs import search as S
 from distill_utils.runs.experiments import REPO, collect, read_record
 from distill_utils.runs.report import write_report
+from distill_utils.runs.search import candidates
+from distill_utils.runs.search.study import SearchOptions, sampler_seed, stop_reason
+from distill_utils.runs.search.workers import WorkerLock, work, worker_gone
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +59,16 @@ def test_space_errors_name_every_problem_in_one_message(tmp_path):
     lines = str(err.value).splitlines()
     assert lines[0] == "bad search space (the search space):" and "params/search.yaml" in lines[-1]
     text = str(err.value)
-    for expected in ["tarin_images: unknown setting; did you mean 'train_images'?",
-                     "cost = 'speed' must be one of params, flops, latency_ms",
-                     "seed = 'zero' must be int, got 'zero'",
+    for expected in ["tarin_images: unknown setting (did you mean 'train_images'?); settings are: dataset,",
+                     "cost = 'speed' must be one of flops, latency_ms, params",
+                     "seed = 'zero' must be int, got str",
                      "space.temperture: unknown name; searchable names are: model,",
                      "space.T: low = 8.0 is greater than high = 1.0; swap them",
                      "space.alpha.high = 1.5 must be >= 0 and <= 1 (the weight of the distillation term)",
-                     "space.epochs.low = 1.5 must be an integer, got 1.5",
+                     "space.epochs.low = 1.5 must be int, got float",
                      "space.loss = 'kld' must be one of dkd, kd",
                      "space.model: a range makes no sense for names",
-                     "space.lr.hi: unknown key; did you mean 'high'?"]:
+                     "space.lr.hi: unknown key (did you mean 'high'?); a range has low, high"]:
         assert expected in text, expected
     assert len(lines) == 12  # a title, one line per problem, the fix
     with pytest.raises(S.SpaceError, match="give prune_ratio .* or prune_ratios .*, not both"):
@@ -93,18 +97,18 @@ def test_stop_rule_and_pareto_front():
     done = lambda n, cost, curve: SimpleNamespace(number=n, state=SimpleNamespace(name="COMPLETE"),  # noqa: E731
                                                   values=[curve[-1], cost], user_attrs={"val_acc_curve": curve})
     trials = [done(0, 100, [0.80, 0.85]), done(1, 200, [0.81, 0.86]), done(2, 500, [0.90, 0.92])]
-    reason = S._stop_reason(trials, 200, 1, 0.70, config)
+    reason = stop_reason(trials, 200, 1, 0.70, config)
     assert reason.startswith("stopped after epoch 1 (val_acc 0.7000): 2 finished trials") and "trials 0, 1" in reason
-    assert S._stop_reason(trials, 150, 1, 0.70, config) is None  # only one trial costs no more than 150
-    assert S._stop_reason(trials, 200, 1, 0.79, config) is None  # within the margin of both
-    assert S._stop_reason(trials, 200, 3, 0.10, config) is None  # nobody ran a third epoch
-    assert S._stop_reason(trials, 200, 1, 0.10, {**config, "prune_when_beaten_by": 0}) is None
+    assert stop_reason(trials, 150, 1, 0.70, config) is None  # only one trial costs no more than 150
+    assert stop_reason(trials, 200, 1, 0.79, config) is None  # within the margin of both
+    assert stop_reason(trials, 200, 3, 0.10, config) is None  # nobody ran a third epoch
+    assert stop_reason(trials, 200, 1, 0.10, {**config, "prune_when_beaten_by": 0}) is None
     assert S.pareto_mask([0.8, 0.9, 0.85, 0.9], [1, 2, 3, 2]) == [True, True, False, True]
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on_then_resumes(tiny, tmp_path, monkeypatch):
     out, calls = tmp_path / "study", []
-    real = S.train_candidate
+    real = candidates.train_candidate
 
     def sometimes_nan(choice, ctx, **kwargs):
         calls.append(1)
@@ -112,7 +116,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on_then_resumes(tiny, tmp_
             raise FloatingPointError("loss became nan at epoch 1, batch 1; training stopped.")
         return real(choice, ctx, **kwargs)
 
-    monkeypatch.setattr(S, "train_candidate", sometimes_nan)
+    monkeypatch.setattr(candidates, "train_candidate", sometimes_nan)
     df = S.search(tiny, 4, out, progress=False)
     assert states(df) == {"complete": 3, "fail": 1} and len(calls) == 4
     failed = df[df.state == "fail"].iloc[0]
@@ -168,8 +172,8 @@ def test_summary_trains_the_front_again_with_more_seeds_and_keeps_what_it_traine
         r["seconds"] for p in out.glob("trial-*/seeds.json") for r in json.loads(p.read_text()).values()))
     # again: nothing is trained twice; a damaged file is redone, only for the seeds it lost
     calls = []
-    real = S.train_candidate
-    monkeypatch.setattr(S, "train_candidate", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    real = candidates.train_candidate
+    monkeypatch.setattr(candidates, "train_candidate", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
     assert S.study_summary(out, seeds=[0, 1, 2])["front"] == summary["front"] and calls == []
     first = out / f"trial-{summary['front'][0]['trial']:04d}" / "seeds.json"
     first.write_text('{"1": "lost", "2": {"test_acc": 0.5, "seconds": 1.0}, "x": 3}')
@@ -229,3 +233,75 @@ def test_dask_local_cluster_workers_share_the_study(tiny, tmp_path):
     assert (records.status == "ok").all() and records.run.is_unique and len(records) == len(df)
     workers = set(df.worker)
     assert 1 <= len(workers) <= 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)  # run by Dask's processes
+
+
+def test_search_options_refuse_a_bad_value_in_one_line(tmp_path, capsys):
+    for kwargs, message in [({"trials": 0}, "trials = 0 must be >= 1"),
+                            ({"trials": 2.5}, "trials = 2.5 must be an integer, got float"),
+                            ({"workers": -1}, "workers = -1 must be >= 0"),
+                            ({"heartbeat_s": 5, "stale_after_s": 5}, "stale_after_s = 5 must be more than heartbeat_s"),
+                            ({"storage": 3}, "storage = 3 must be an Optuna storage URL")]:
+        with pytest.raises(ValueError) as err:
+            SearchOptions(out=tmp_path, **kwargs)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+    options = SearchOptions(out=tmp_path / "x" / ".." / "study")
+    assert options.out == (tmp_path / "study").resolve() and options.study_name == "study"
+    space = str(REPO / "params" / "search.yaml")
+    assert cli.main(["search", "--space", space, "--trials", "0", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "FAIL: trials = 0 must be >= 1\n" and not (tmp_path / "o").exists()
+
+
+def test_a_worker_lock_tells_a_running_worker_from_a_stopped_one(tmp_path):
+    with WorkerLock(tmp_path) as lock:
+        assert not worker_gone(lock.path)  # held, even when asked from the same process
+    assert worker_gone(lock.path) and not lock.path.exists()
+    code = ("import os, sys; from distill_utils.runs.search.workers import WorkerLock; "
+            "lock = WorkerLock(sys.argv[1]).__enter__(); print(lock.path, flush=True); sys.stdin.read(); os._exit(9)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    path = proc.stdout.readline().strip()
+    assert not worker_gone(path)  # another process holds it
+    proc.stdin.close()  # the worker dies without letting go: its file stays, the OS frees its lock
+    assert proc.wait(timeout=30) == 9 and os.path.exists(path)
+    assert worker_gone(path) and not os.path.exists(path)
+    # two workers started at once on a fresh study: both see no trial, each seeds its sampler its own way
+    with WorkerLock(tmp_path) as a, WorkerLock(tmp_path) as b:
+        assert a.others() == b.others() == 1
+        seeds = {sampler_seed({"seed": 0}, 0, 0, lock.token) for lock in (a, b)}
+    assert len(seeds) == 2 and sampler_seed({"seed": 0}, 0, 0) == 0  # alone: the space's seed, reproducible
+
+
+def test_a_killed_worker_of_a_database_study_is_found_by_optunas_heartbeat(tiny, tmp_path, monkeypatch):
+    import optuna
+    import torch
+    out, url = tmp_path / "db", f"sqlite:///{tmp_path / 'study.db'}"
+    config = S.load_space(tiny)
+    options = SearchOptions(out=out, trials=4, storage=url, heartbeat_s=1, stale_after_s=5, progress=False)
+    code = ("import pickle, sys; from distill_utils.runs.search import run_study; "
+            "run_study(*pickle.loads(sys.stdin.buffer.read()))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc.stdin.write(pickle.dumps((config, options)))
+    proc.stdin.close()
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        statuses = [r["status"] for p in out.glob("trial-*/search.record.json") if (r := read_record(p))]
+        if statuses.count("ok") >= 1 and "running" in statuses:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=30) == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    # as if the killed worker ran on another machine: only Optuna's heartbeat can tell it stopped
+    monkeypatch.setattr("socket.gethostname", lambda: "another-machine")
+    time.sleep(options.stale_after_s + 1)  # its last heartbeat is older than the grace period
+    threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()
+    assert work(config, options, threads=1) >= 1
+    assert torch.get_num_threads() == threads and optuna.logging.get_verbosity() == verbosity  # both restored
+    df = S.trials_table(out, url)
+    assert states(df) == {"complete": 4, "fail": 1}, df[["trial", "state", "note"]]
+    killed = df[df.state == "fail"].iloc[0]
+    assert killed.note == "killed; queued again"
+    assert "queued again" in read_record(out / f"trial-{killed.trial:04d}" / "search.record.json")["error"]
+    sampled = [c for c in df.columns if c in S.SPACE or c.startswith("prune_ratio_")]
+    again = df[(df.state == "complete") & (df[sampled].fillna(-1) == killed[sampled].fillna(-1)).all(axis=1)]
+    assert len(again) == 1 and again.trial.iloc[0] > killed.trial  # its parameters ran once more, to the end

@@ -140,7 +140,8 @@ def test_two_workers_share_a_study_on_postgresql_lose_only_a_killed_trial_and_re
     done = trials_in(postgres_url)
     failed = [t for t in done if t.state.name == "FAIL"]
     complete = [t for t in done if t.state.name == "COMPLETE"]
-    assert len(failed) == 1 and failed[0].user_attrs.get("killed"), [(t.number, t.state.name) for t in done]
+    retried = [t for t in done if t.user_attrs.get("retry_of") == failed[0].number]  # queued again as a new trial
+    assert len(failed) == 1 and len(retried) == 1, [(t.number, t.state.name) for t in done]
     assert trials <= len(complete) <= trials + 1  # worker b may start one beyond --trials while a was in its last
     # exactly once: no trial printed twice, every finished trial printed by one worker, no candidate trained twice
     printed = ran(logs["a"]) + ran(logs["b"])

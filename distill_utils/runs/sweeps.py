@@ -7,9 +7,9 @@ given, the executed notebook and its record. The id is a hash of all of the run'
 says what was swept. Each run is a separate ``papermill`` process, so a failing or killed
 run fails alone. Re-running the same sweep skips runs whose record is ``ok`` (with exactly
 these parameters) and retries the others; a sweep returns only its own runs' records.
-Executors: a local thread pool driving those processes (default), or a Dask distributed
-cluster (``scheduler="tcp://host:port"``), whose workers need this repository and its
-environment at the same path.
+The runs go through ``runs.harness`` (as the search's workers do): a local thread pool driving
+those processes (default), or a Dask distributed cluster (``scheduler="tcp://host:port"``),
+whose workers need this repository and its environment at the same path.
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ from distill_utils.runs.experiments import (
     record_path,
     resolve_notebooks,
 )
+from distill_utils.runs.harness import run_jobs
 
-__all__ = ["expand_grid", "run_name", "run_id", "run_folder", "run_one", "sweep", "threads_per_worker"]
+__all__ = ["expand_grid", "run_name", "run_id", "run_folder", "run_one", "sweep"]
 
 
 def expand_grid(grid: dict, seeds=None) -> list[dict]:
@@ -80,11 +81,6 @@ def run_name(params: dict) -> str:
 def run_folder(point: dict, params: dict) -> str:
     """``<run_name(point)>--<run_id(params)>``: the swept values to read, all parameters' hash to tell runs apart."""
     return f"{run_name(point)}--{run_id(params)}"
-
-
-def threads_per_worker(workers: int) -> int:
-    """CPU threads for each of ``workers`` parallel runs: oversubscribed small models run 10-100x slower."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 def run_one(notebook: str, run_dir: str, params: dict, threads: int | None = None,
@@ -131,14 +127,14 @@ def _last_error(output: str) -> str:
 
 
 def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=None, out=None,
-          workers: int = 2, scheduler: str | None = None, progress: bool = True, timeout: float | None = None):
+          workers: int = 2, scheduler: str | None = None, progress: bool = True):
     """Run ``notebook`` for every point of ``grid`` x ``seeds``; return ``collect(out)``.
 
     ``fixed`` (e.g. a parameter file) applies to every run; names the notebook does not declare are
     dropped, as in ``run_sequence``, while a swept name it does not declare is an error.
     Finished runs (record ``ok``) are skipped, failed or interrupted ones re-run. With
     ``scheduler`` the runs go to that Dask cluster (an address, or a ``distributed.Client``);
-    else ``workers`` run at once here, each with ``cores / workers`` threads."""
+    else ``workers`` run at once here, each with ``cores / workers`` threads. Notebook 08."""
     from tqdm.auto import tqdm
 
     from distill_utils.runs.experiments import REPO, collect
@@ -157,7 +153,7 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
     for point in points:  # every value is checked before anything runs
         check_values(nb, {**fixed, **point}, declared)
     out = Path(out or REPO / "runs" / f"sweep-{nb.stem}").resolve()
-    todo, skipped, mine = [], 0, []
+    todo, skipped, mine = {}, 0, []
     for point in points:
         params = {**fixed, **point}
         run_dir = out / run_folder(point, params)
@@ -168,7 +164,7 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
                                                 for k, v in {**_defaults(declared), **params}.items()):
             skipped += 1
         else:
-            todo.append((str(run_dir), params))
+            todo[run_dir.name] = (str(nb), str(run_dir), params)
     bar = tqdm(total=len(points), initial=skipped, desc=f"sweep {nb.stem}", disable=not progress)
     counts = {"done": skipped, "failed": 0}
 
@@ -179,15 +175,13 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
         if result["status"] != "ok":
             bar.write(f"failed: {result['run']}: {result['error']}")
 
-    if scheduler is not None:
-        _run_dask(scheduler, nb, todo, report, timeout)
-    else:
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-        threads = threads_per_worker(workers)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = [pool.submit(run_one, str(nb), run_dir, params, threads, timeout) for run_dir, params in todo]
-            for future in as_completed(futures):
-                report(future.result())
+    for done in run_jobs(run_one, todo, workers, scheduler):
+        if done.error is not None:  # run_one never raises: its worker died (e.g. a lost Dask worker)
+            error = f"its worker was lost or failed: {type(done.error).__name__}: {done.error}"
+            mark_failed(done.args[1], nb.name, error)
+            report({"run": Path(done.args[1]).name, "status": "failed", "error": error})
+        else:
+            report(done.result)
     bar.close()
     df = collect(out, runs=set(mine))
     df.attrs["out"] = str(out)
@@ -205,33 +199,3 @@ def _defaults(declared: dict) -> dict:
             pass
     values.pop("out_dir", None)
     return values
-
-
-def _on_dask_worker(host_threads: dict, notebook, run_dir, params, timeout):
-    """``run_one`` on a Dask worker, with this host's cores shared among the runs it hosts."""
-    from distributed import get_worker
-    host = get_worker().address.rsplit(":", 1)[0]
-    return run_one(notebook, run_dir, params, threads_per_worker(host_threads.get(host, 1)), timeout)
-
-
-def _run_dask(scheduler, nb, todo, report, timeout):
-    from collections import Counter
-
-    from distributed import Client, as_completed
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-    try:
-        host_threads = Counter()
-        for address, n in client.nthreads().items():
-            host_threads[address.rsplit(":", 1)[0]] += n
-        futures = {client.submit(_on_dask_worker, dict(host_threads), str(nb), run_dir, params, timeout, pure=False,
-                                 key=f"distill-run-{Path(run_dir).name}-{os.getpid()}"): run_dir
-                   for run_dir, params in todo}
-        for future in as_completed(futures):
-            try:
-                report(future.result())
-            except Exception as err:  # the worker itself died: this run is marked failed, the others go on
-                mark_failed(futures[future], nb.name, f"dask worker lost: {type(err).__name__}: {err}")
-                report({"run": Path(futures[future]).name, "status": "failed", "error": str(err)})
-    finally:
-        if not isinstance(scheduler, Client):
-            client.close()
