@@ -1,4 +1,5 @@
-# Every target sets up what it needs: the .venv (once), then the dataset check.
+# Every target sets up what it needs: the .venv (once), then the dataset (found, else installed or downloaded).
+# OFFLINE=1 (here or in the environment): nothing from the network or the system; pip uses local wheels only.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,18 +8,22 @@ NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=900
 # two workers share the cores; each notebook stays whole on one (see conftest.py)
 XDIST  := -n 2
 
-.PHONY: setup data run lint test unit nbtest browser-test lab pretrained bench clean
+OFFLINE_ON := $(filter-out 0 false no off,$(OFFLINE))
+
+.PHONY: setup data run lint test unit nbtest browser-test lab pretrained bench clean kit kit-test
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt -e .
+	$(PY) -m pip install -q $(if $(OFFLINE_ON),--no-index) -r requirements.txt -e .
 	@touch $(STAMP)
 
-# Finds the dataset offline (data/, then Debian's package); DOWNLOAD=1 allows torchvision's download.
+# Finds the dataset (data/, then Debian's package); else, on Debian/Ubuntu as root or with passwordless sudo,
+# apt-get installs dataset-fashion-mnist; else torchvision downloads it into data/, checked against the SHA-256
+# sums in data/README.md. Says which in one line. OFFLINE=1: only look. DOWNLOAD=1: skip apt-get.
 data: $(STAMP)
-	@$(PY) -m distill_utils data $(if $(DOWNLOAD),--download)
+	@$(PY) -m distill_utils data $(if $(OFFLINE_ON),--offline) $(if $(DOWNLOAD),--download)
 
 # Notebooks 00-07 at workshop size into runs/<timestamp>/, then report.html there. PARAMS=params/full.yaml for full size.
 run: data
@@ -63,6 +68,17 @@ bench: data
 	$(PY) bench/precision_accuracy.py
 	$(PY) bench/prune_speed.py
 	$(PY) bench/deploy_speed.py
+
+# A workshop kit for laptops with no internet (README "Running a workshop"): kit/ and kit-<platform>.tar.
+# PLATFORMS="linux-x86_64 macos-arm64 windows-x86_64" (or all; default this machine's), PYTHON_VERSION=3.11,
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for a CPU-only torch on Linux (never required).
+kit: data
+	$(PY) -m distill_utils kit $(if $(PLATFORMS),--platform $(PLATFORMS)) \
+	  $(if $(PYTHON_VERSION),--python $(PYTHON_VERSION)) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
+
+# Builds a kit for this machine, installs it into a fresh venv with no package index, runs notebook 00 from it.
+kit-test: data
+	$(PY) -m pytest tests/test_kit.py -m kit -v -s
 
 clean:
 	rm -rf runs/ .pytest_cache

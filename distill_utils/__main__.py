@@ -1,5 +1,5 @@
-"""Command line: ``python -m distill_utils data | run | sweep | report | lineage | sign | verify | pretrained | readme |
-reference | search``."""
+"""Command line: ``python -m distill_utils data | kit | run | sweep | report | lineage | sign | verify | pretrained |
+readme | reference | search``."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,24 @@ def cmd_data(args) -> int:
     except (DataError, ValueError) as err:
         return fail(err)
     print(f"OK: {ds}")
+    return 0
+
+
+def cmd_kit(args) -> int:
+    """A workshop kit for laptops with no internet (``setup.kit``); prints its size per platform."""
+    from distill_utils.provenance.checkpoints import CheckpointError
+    from distill_utils.setup.kit import PLATFORMS, KitError, KitOptions, build_kit, size_lines
+    platforms = tuple(PLATFORMS) if args.platform == ["all"] else tuple(args.platform or ())
+    options = KitOptions(out=Path(args.out), platforms=platforms, python=args.python, torch_index=args.torch_index,
+                         tarballs=not args.no_tarball)
+    try:
+        record = build_kit(options)
+    except (KitError, CheckpointError) as err:
+        return fail(err, 2)
+    except OSError as err:
+        return fail(f"cannot write the kit into {args.out}: {err.strerror or err}; choose a writable folder "
+                    "with free space (--out)", 2)
+    print("\n".join(size_lines(record)))
     return 0
 
 
@@ -258,6 +276,17 @@ def main(argv=None) -> int:
                    help="only look, never install or download (also: environment variable OFFLINE=1)")
     p.add_argument("--download", action="store_true", help="skip apt-get: torchvision's download only")
     p.set_defaults(func=cmd_data)
+    p = sub.add_parser("kit", help="a workshop kit: wheels, dataset, pretrained teacher and install scripts "
+                                    "for laptops with no internet")
+    p.add_argument("--out", default="kit", help="kit folder (default kit/); tarballs kit-<platform>.tar beside it")
+    p.add_argument("--platform", nargs="+", metavar="NAME",
+                   help="linux-x86_64, macos-arm64, windows-x86_64, or all (default: this machine's)")
+    p.add_argument("--python", default=f"{sys.version_info[0]}.{sys.version_info[1]}",
+                   help="the laptops' Python version, e.g. 3.11 (default: this one's)")
+    p.add_argument("--torch-index", metavar="URL", help="also this index of CPU-only torch wheels for Linux, "
+                                                        "e.g. https://download.pytorch.org/whl/cpu (never required)")
+    p.add_argument("--no-tarball", action="store_true", help="only the folder")
+    p.set_defaults(func=cmd_kit)
     p = sub.add_parser("run", help="execute notebooks in order with papermill into runs/<timestamp>")
     p.add_argument("notebooks", nargs="*", help="names or number prefixes (default: the whole sequence)")
     p.add_argument("--out", help="output folder (default runs/<timestamp>)")
