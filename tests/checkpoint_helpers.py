@@ -8,7 +8,7 @@ from distill_utils.provenance.format import META_KEY, split_header, with_manifes
 
 
 def rewrite_manifest(weights, **changes):
-    """Edit the manifest inside a checkpoint (format 2); its tensors and their hash stay as they were."""
+    """Edit the manifest inside a checkpoint (format 3); its tensor table, tensors and their hash stay as they were."""
     blob = weights.read_bytes()
     header, _ = split_header(blob)
     manifest = json.loads(header["__metadata__"][META_KEY])
@@ -19,7 +19,7 @@ def as_format_1(weights):
     """Rewrite a checkpoint in the first format: plain safetensors, the manifest only in the .json."""
     from safetensors.torch import load, save
     manifest = {k: v for k, v in verify_checkpoint(weights).items()
-                if k not in ("verified", "path", "tensors_sha256", "tensor_bytes", "signature")}
+                if k not in ("verified", "path", "content_sha256", "tensor_bytes", "signature")}
     plain = save(load(weights.read_bytes()))
     weights.write_bytes(plain)
     manifest.update(format_version=1, sha256=hashlib.sha256(plain).hexdigest(), bytes=len(plain))

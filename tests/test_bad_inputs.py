@@ -66,7 +66,8 @@ def test_02_parameter_out_of_range():
 
 def test_03_unknown_parameter_name():
     msg = bad_params(alhpa=0.5, criterion="l3")
-    assert "alhpa = 0.5 is not a parameter of this notebook; its parameters are: epochs, alpha, criterion" in msg
+    assert ("alhpa = 0.5 is not a parameter of this notebook (did you mean 'alpha'?); "
+            "its parameters are: epochs, alpha, criterion") in msg
     assert "criterion = 'l3' must be one of bn, l1, l2, random" in msg
 
 
@@ -159,7 +160,7 @@ def test_11_pickle_renamed_to_safetensors_is_never_unpickled(tmp_path):
 def test_12_manifest_missing(tmp_path):
     path = saved(tmp_path)
     path.with_suffix(".json").unlink()
-    assert load_checkpoint(path)[1]["format_version"] == 2  # the file holds its manifest; the .json is a copy
+    assert load_checkpoint(path)[1]["format_version"] == 3  # the file holds its manifest; the .json is a copy
     as_format_1(path)  # the first format needs its .json
     path.with_suffix(".json").unlink()
     with pytest.raises(CheckpointError, match="manifest .*m.json for m.safetensors not found.*Keep the .json"):
@@ -234,7 +235,7 @@ def test_18_disk_full_when_saving_keeps_the_previous_checkpoint(tmp_path, monkey
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(_io.os, "fsync", full)
-    with pytest.raises(CheckpointError, match="No space left on device. Free some space.*nothing was replaced"):
+    with pytest.raises(CheckpointError, match="disk full: nothing was changed. Free some space.*nothing was replaced"):
         save_checkpoint(model(seed=1), path)
     assert (path.read_bytes(), path.with_suffix(".json").read_text()) == before
     assert not list(tmp_path.glob(".*.tmp"))
@@ -367,7 +368,7 @@ def test_full_disk_on_the_manifest_copy_tells_the_truth(tmp_path, monkeypatch):
         real(fd)
 
     monkeypatch.setattr(_io.os, "fsync", second_fails)
-    with pytest.warns(UserWarning, match="was saved and loads on its own.*could not be written: No space left"):
+    with pytest.warns(UserWarning, match="was saved and loads on its own.*could not be written: the disk is full"):
         save_checkpoint(model(seed=1), path)
     monkeypatch.undo()
     assert same_state(state_of(path), model(seed=1).state_dict())

@@ -51,7 +51,7 @@ def test_round_trip(tmp_path, name, kwargs):
     data = path.read_bytes()
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["bytes"] == len(data)
-    assert manifest["format"] == "distill-lab-checkpoint" and manifest["format_version"] == 2
+    assert manifest["format"] == "distill-lab-checkpoint" and manifest["format_version"] == 3
     assert manifest["architecture"]["name"] == name
     assert manifest["architecture"]["kwargs"] == json.loads(json.dumps(kwargs))
     assert manifest["metadata"] == meta
@@ -83,7 +83,7 @@ def test_rebuilt_model_can_be_saved_again(tmp_path):
     model, _ = load_checkpoint(first)
     assert [block[0].out_features for block in model.features] == [64, 32]
     second = save_checkpoint(model, tmp_path / "b.safetensors")
-    assert load_checkpoint(second)[1]["tensors_sha256"] == load_checkpoint(first)[1]["tensors_sha256"]
+    assert load_checkpoint(second)[1]["content_sha256"] == load_checkpoint(first)[1]["content_sha256"]
 
 
 def test_tampered_weights_fail_sha(tmp_path):
@@ -173,7 +173,7 @@ def test_missing_files_and_bad_manifest(tmp_path):
         load_checkpoint(tmp_path / "nothing.safetensors")
     path = save_checkpoint(_model(), tmp_path / "m.safetensors")
     path.with_suffix(".json").unlink()
-    assert load_checkpoint(path)[1]["format_version"] == 2  # the file holds its manifest
+    assert load_checkpoint(path)[1]["format_version"] == 3  # the file holds its manifest
     as_format_1(path)
     path.with_suffix(".json").unlink()
     with pytest.raises(CheckpointError, match="manifest") as err:

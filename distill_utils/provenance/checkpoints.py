@@ -4,16 +4,17 @@ Taught in notebook 01. A checkpoint is one file, plus a readable copy of its man
 
     teacher.safetensors   the weights (no pickle, so loading never runs code) and, in the
                           header's metadata, the manifest: how to rebuild the model, the
-                          SHA-256 of the tensor bytes, metadata, lineage, signature
+                          SHA-256 of the tensor table and tensor bytes, metadata, lineage, signature
     teacher.json          a copy of the manifest for people and tools, with the file's SHA-256
 
 Saving writes the ``.safetensors`` file with one atomic rename, under a lock, so a crash, a
 full disk or two processes saving at once never leave a checkpoint that does not load: the
 file alone is the checkpoint, and a stale or missing ``.json`` beside it is ignored. Files of
 the first format (format_version 1: the manifest only in the ``.json``, like the shipped
-teacher) still load. ``load_checkpoint`` checks sizes and hashes before it parses any
-tensors (``format.py``), and builds the model on PyTorch's ``meta`` device to compare shapes
-before it allocates anything. With a signing key configured (``$DISTILL_SIGNING_KEY``, or a
+teacher) still load, and so do those of the second without a key (``format.py`` says why a
+key refuses them, and ``sign_checkpoint`` re-saves them). ``load_checkpoint`` checks sizes and
+hashes before it parses any tensors (``format.py``), and builds the model on PyTorch's ``meta``
+device to compare shapes before it allocates anything. With a signing key configured (``$DISTILL_SIGNING_KEY``, or a
 file named by ``$DISTILL_SIGNING_KEY_FILE``; ``signing.py``) manifests are signed with
 HMAC-SHA256 on save and the signature is checked on load: unsigned or wrongly signed
 checkpoints are refused unless ``allow_unverified=True``. The manifest also records the
@@ -21,6 +22,7 @@ model's lineage, passed as a value (``lineage.py``).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import platform
@@ -42,6 +44,7 @@ from distill_utils.provenance.format import (
     CheckpointError,
     checkpoint_key,
     checkpoint_paths,
+    content_sha256,
     manifest_signature,
     read_json_manifest,
     read_verified,
@@ -94,7 +97,7 @@ def save_checkpoint(model, path, metadata=None, sparse: bool = False, key=None, 
     """
     if Path(path).suffix != ".safetensors":
         raise CheckpointError(f"{path}: a checkpoint path must end in .safetensors (e.g. 'teacher.safetensors')")
-    weights, manifest_path = checkpoint_paths(path)
+    weights = checkpoint_paths(path)[0]
     if lineage is not None and not isinstance(lineage, Lineage):
         raise CheckpointError(f"cannot save {weights}: lineage must be a Lineage (e.g. Lineage.of(manifest).then("
                               f"'prune_channels', amount=0.5)), got {type(lineage).__name__}")
@@ -107,22 +110,29 @@ def save_checkpoint(model, path, metadata=None, sparse: bool = False, key=None, 
     state = resolve_masks(model.state_dict(), model.state_dict())
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     tensors, sparse_shapes = pack(tensors) if sparse else (tensors, {})
-    plain = st_save(tensors)
-    body = plain[split_header(plain)[1]:]
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "weights": weights.name,
                 "architecture": {"name": spec["name"], "kwargs": spec["kwargs"]},
-                "tensors_sha256": hashlib.sha256(body).hexdigest(), "tensor_bytes": len(body),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "versions": library_versions(), "sparse": sparse_shapes, "metadata": metadata,
                 "lineage": (lineage or Lineage()).record()}
-    if (key := checkpoint_key(key)) is not None:
+    return _write(weights, st_save(tensors), manifest, checkpoint_key(key))
+
+
+def _write(weights: Path, blob: bytes, manifest: dict, key: bytes | None) -> Path:
+    """Write the safetensors file ``blob`` at ``weights`` in the current format with ``manifest`` (its
+    content hash and, with ``key``, its signature added) inside, and the readable copy beside it."""
+    header, start = split_header(blob)
+    table = {k: v for k, v in header.items() if k != "__metadata__"}
+    manifest = {**manifest, "format_version": FORMAT_VERSION, "content_sha256": content_sha256(table, blob[start:]),
+                "tensor_bytes": len(blob) - start}
+    if key is not None:
         manifest["signature"] = manifest_signature(manifest, key, weights.name)
-    data = with_manifest(plain, manifest)
+    data = with_manifest(blob, manifest)
     copy_ = {**manifest, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     try:
         with locked(weights):  # two processes saving here take turns; each file is whole
             atomic_write_bytes(weights, data)
-            _write_copy(manifest_path, copy_, weights)
+            _write_copy(weights.with_suffix(".json"), copy_, weights)
     except OSError as err:  # disk full, read-only folder, ...: the rename never happened
         raise CheckpointError(f"cannot save {weights}: {err.strerror or err}. Free some space or choose a "
                               "writable folder; nothing was replaced, so a checkpoint already at that path "
@@ -139,8 +149,9 @@ def _write_copy(manifest_path: Path, manifest: dict, weights: Path) -> None:
             manifest_path.unlink(missing_ok=True)  # a stale copy would only mislead a reader
         except OSError:
             pass
+        why = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror or err
         warnings.warn(f"{weights} was saved and loads on its own (its manifest is inside it), but the readable "
-                      f"copy {manifest_path.name} could not be written: {err.strerror or err}", stacklevel=3)
+                      f"copy {manifest_path.name} could not be written: {why}", stacklevel=4)
 
 
 def verify_checkpoint(path, key=None, allow_unverified=False) -> dict:
@@ -153,12 +164,19 @@ def verify_checkpoint(path, key=None, allow_unverified=False) -> dict:
 def sign_checkpoint(path, key=None) -> dict:
     """Sign an existing checkpoint's manifest with the configured key, after checking its hash.
 
-    The signature goes into the ``.json`` manifest; the weights file is not changed."""
+    The signature goes into the ``.json`` manifest; the weights file is not changed. A format-2
+    file, whose hash leaves out its tensor table, is first re-saved in format 3 (same tensors and
+    manifest, so its SHA-256 changes) with the signature inside."""
     if (key := checkpoint_key(key)) is None:
         raise CheckpointError("no signing key: set DISTILL_SIGNING_KEY (or DISTILL_SIGNING_KEY_FILE) first")
-    _, manifest, weights = read_verified(path, allow_unverified=True)
+    data, manifest, weights = read_verified(path, allow_unverified=True)
+    if manifest.get("format_version") == 2:
+        kept = {k: v for k, v in manifest.items()
+                if k not in (*DERIVED, "sha256", "bytes", "tensors_sha256", "tensor_bytes")}
+        _write(weights, data, kept, key)
+        return read_verified(weights, key=key)[1]
     derived = {k: manifest[k] for k in ("sha256", "bytes")}
-    # the signed body is the manifest as stored: format 1's .json holds the hash; format 2's header the tensors' hash
+    # the signed body is the manifest as stored: format 1's .json holds the hash; format 3's header its content hash
     body = {k: v for k, v in manifest.items()
             if k not in DERIVED and (manifest.get("format_version") == 1 or k not in derived)}
     manifest = {**body, **derived, "signature": manifest_signature(body, key, weights.name)}

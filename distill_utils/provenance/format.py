@@ -1,10 +1,23 @@
 """The checkpoint file format: where the manifest lives, reading a file safely, and its signature.
 
-Taught in notebook 01. Format 2 (written today) is one safetensors file whose header metadata
-holds the manifest (``META_KEY``); format 1 (the shipped teacher) is plain safetensors with the
-manifest only in the ``.json`` beside it. ``read_verified`` reads either: it checks sizes before
-reading (a header is never over ``MAX_HEADER`` bytes), hashes the bytes against the manifest,
-then checks the signature (``signing.py``) over the canonical manifest and the file's name.
+Taught in notebook 01. One integrity rule: the hash a manifest records (and so the signature, which
+covers the manifest) covers every byte the loader interprets.
+
+* Format 3 (written today): one safetensors file whose header metadata holds the manifest
+  (``META_KEY``). ``content_sha256`` covers the tensor table (every tensor's name, dtype, shape and
+  byte range) and the tensor bytes; the manifest itself is covered by the signature; and the header
+  must be exactly the bytes ``save_checkpoint`` writes for that table and manifest, so no byte of
+  the file is left uncovered.
+* Format 2: the same layout, but its ``tensors_sha256`` covers only the tensor bytes, not the tensor
+  table, so a format-2 file is never reported as signed: with a key configured it is refused (or
+  ``unverified``), and ``python -m distill_utils sign PATH`` re-saves it in format 3 and signs it.
+  Without a key it loads as before.
+* Format 1 (the shipped teacher): plain safetensors with the manifest only in the ``.json`` beside it,
+  whose ``sha256`` covers the whole file.
+
+``read_verified`` reads any of them: it checks sizes before reading (a header is never over
+``MAX_HEADER`` bytes), hashes the bytes against the manifest, then checks the signature
+(``signing.py``) over the canonical manifest and the file's name.
 """
 from __future__ import annotations
 
@@ -15,15 +28,16 @@ import struct
 from pathlib import Path
 
 from distill_utils import __version__
-from distill_utils.common.files import ReadRefused, open_regular, read_limited
+from distill_utils.common.files import ReadRefused, loads_json, open_regular, read_limited
 from distill_utils.provenance.pretrained import is_pinned
 from distill_utils.provenance.signing import SigningKeyError, key_id, matches, sign, signing_key
 
-__all__ = ["CheckpointError", "checkpoint_paths", "split_header", "with_manifest", "read_json_manifest",
-           "read_verified", "checkpoint_key", "manifest_signature", "FORMAT", "FORMAT_VERSION", "META_KEY"]
+__all__ = ["CheckpointError", "checkpoint_paths", "split_header", "with_manifest", "content_sha256",
+           "read_json_manifest", "read_verified", "checkpoint_key", "manifest_signature", "FORMAT", "FORMAT_VERSION",
+           "META_KEY"]
 
-FORMAT, FORMAT_VERSION = "distill-lab-checkpoint", 2
-READABLE_VERSIONS = (1, 2)          # 1: manifest only in the .json beside the weights
+FORMAT, FORMAT_VERSION = "distill-lab-checkpoint", 3
+READABLE_VERSIONS = (1, 2, 3)       # 1: manifest only in the .json; 2: its hash leaves out the tensor table
 META_KEY = "distill_lab_manifest"   # the safetensors header metadata entry holding the manifest
 MAX_HEADER = 16 << 20               # bytes: a safetensors header (and so a manifest) is never larger
 MAX_MANIFEST = 16 << 20             # bytes of a .json manifest
@@ -50,33 +64,50 @@ def split_header(blob: bytes) -> tuple[dict, int]:
     n = struct.unpack("<Q", blob[:8])[0]
     if n > MAX_HEADER or 8 + n > len(blob):
         raise ValueError(f"header length {n} does not fit the file")
-    header = json.loads(blob[8:8 + n])
+    header = loads_json(blob[8:8 + n], "its header")
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     return header, 8 + n
 
 
-def with_manifest(blob: bytes, manifest: dict) -> bytes:
-    """``blob`` (from ``safetensors.save``) with ``manifest`` in its header metadata."""
-    header, start = split_header(blob)
-    header["__metadata__"] = {META_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":"))}
+def _header_bytes(table: dict, manifest: dict) -> bytes:
+    """The header ``save_checkpoint`` writes for a tensor table and a manifest: its length, then compact
+    JSON (the table in its order, then the manifest as canonical JSON), padded to 8 bytes."""
+    header = {**table, "__metadata__": {META_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":"))}}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # safetensors aligns the tensor bytes to 8
-    return struct.pack("<Q", len(text)) + text + blob[start:]
+    return struct.pack("<Q", len(text)) + text
 
 
-def _embedded_manifest(f, size: int) -> tuple[dict, bytes] | None:
-    """The manifest inside a format-2 file's header and the header's bytes, or None if it has none."""
+def content_sha256(table: dict, body: bytes) -> str:
+    """The hash format 3 records: SHA-256 of the tensor table (compact JSON, length first) and the tensor bytes."""
+    text = json.dumps(table, separators=(",", ":")).encode()
+    return hashlib.sha256(struct.pack("<Q", len(text)) + text + body).hexdigest()
+
+
+def _table(header: dict) -> dict:
+    return {k: v for k, v in header.items() if k != "__metadata__"}
+
+
+def with_manifest(blob: bytes, manifest: dict) -> bytes:
+    """``blob`` (a safetensors file) with ``manifest`` in its header metadata, replacing any there."""
+    header, start = split_header(blob)
+    return _header_bytes(_table(header), manifest) + blob[start:]
+
+
+def _embedded_manifest(f, size: int) -> tuple[dict, bytes, dict] | None:
+    """The manifest inside a format-2 or 3 file's header, the header's bytes and the tensor table, or
+    None if it has none."""
     head = f.read(8)
     if len(head) < 8 or (n := struct.unpack("<Q", head)[0]) > MAX_HEADER or 8 + n > size:
         return None
     text = head + f.read(n)
     try:
-        header = json.loads(text[8:])
-        manifest = json.loads(header["__metadata__"][META_KEY])
+        header = loads_json(text[8:], "its header")
+        manifest = loads_json(header["__metadata__"][META_KEY], "its manifest")
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         return None
-    return (manifest, text) if isinstance(manifest, dict) else None
+    return (manifest, text, _table(header)) if isinstance(manifest, dict) else None
 
 
 # ---------------------------------------------------------------- reading
@@ -85,14 +116,14 @@ def read_json_manifest(manifest_path: Path) -> tuple[dict, str]:
     """A ``.json`` manifest and the SHA-256 of its bytes; CheckpointError if unreadable or malformed."""
     try:
         raw = read_limited(manifest_path, MAX_MANIFEST, "checkpoint manifest")
-        manifest = json.loads(raw)
     except ReadRefused as err:
-        raise CheckpointError(f"manifest {err}") from None
+        raise CheckpointError(str(err)) from None
     except OSError as err:
         raise CheckpointError(f"cannot read manifest {manifest_path}: {err.strerror or err}") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"manifest {manifest_path} is not valid JSON ({err}); "
-                              "restore it or re-save the checkpoint") from None
+    try:
+        manifest = loads_json(raw, f"manifest {manifest_path}")
+    except ReadRefused as err:
+        raise CheckpointError(f"{err}; restore it or re-save the checkpoint") from None
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
@@ -100,7 +131,8 @@ def _check_format(manifest, where) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{where} is not a distill-lab checkpoint manifest "
                               f"(expected format {FORMAT!r}); re-save with save_checkpoint")
-    if manifest.get("format_version") not in READABLE_VERSIONS:
+    version = manifest.get("format_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise CheckpointError(f"{where} has format_version {manifest.get('format_version')!r}; "
                               f"this distill_utils {__version__} reads versions {READABLE_VERSIONS}: "
                               "upgrade distill_utils or re-save the checkpoint")
@@ -112,10 +144,18 @@ def _read_file(weights: Path, manifest_path: Path) -> tuple[bytes, dict, str | N
     with open_regular(weights) as f:
         size = os.fstat(f.fileno()).st_size
         found = _embedded_manifest(f, size)
-        if found is not None:  # format 2: the file describes itself; a .json beside it is only a copy
-            manifest, header = found
+        if found is not None:  # formats 2 and 3: the file describes itself; a .json beside it is only a copy
+            manifest, header, table = found
             _check_format(manifest, f"the manifest inside {weights}")
-            return header + _read_body(f, weights, size - len(header), manifest), manifest, None
+            if manifest["format_version"] == 1:
+                raise CheckpointError(f"{weights} holds a manifest of format 1, which is never inside the file: "
+                                      "the file was modified. Re-save the checkpoint")
+            if manifest["format_version"] >= 3 and header != _header_bytes(table, manifest):
+                raise CheckpointError(
+                    f"the header of {weights} is not the one save_checkpoint writes for its tensor table and manifest "
+                    "(extra bytes, keys or spacing): the file was modified or corrupted. Re-download it or re-save "
+                    "the checkpoint")
+            return header + _read_body(f, weights, size - len(header), manifest, table), manifest, None
         # format 1 (or a damaged file): the .json beside it is the manifest
         if not manifest_path.exists():
             raise CheckpointError(
@@ -164,21 +204,28 @@ def read_verified(path, expected_sha256=None, key=None, allow_unverified=False) 
     return data, manifest, weights
 
 
-def _read_body(f, weights: Path, n: int, manifest: dict) -> bytes:
-    """A format-2 file's tensor bytes, checked against the manifest's size (before reading) and hash."""
+def _read_body(f, weights: Path, n: int, manifest: dict, table: dict) -> bytes:
+    """A format-2 or 3 file's tensor bytes, checked against the manifest's size (before reading) and hash:
+    format 3's covers the tensor table too, format 2's the tensor bytes only."""
     if manifest.get("tensor_bytes") != n:
         raise CheckpointError(
             f"{weights} holds {n:,} bytes of tensors but its manifest says {manifest.get('tensor_bytes')!r} "
             "(SHA-256 does not match its manifest): the file was modified, truncated or corrupted. "
             "Re-download it or re-save the checkpoint")
     body = f.read(n)
-    digest = hashlib.sha256(body).hexdigest()
-    if digest != manifest.get("tensors_sha256"):
+    field = _hash_field(manifest)
+    digest = content_sha256(table, body) if field == "content_sha256" else hashlib.sha256(body).hexdigest()
+    if digest != manifest.get(field):
+        what = "tensor table and tensors" if field == "content_sha256" else "tensors"
         raise CheckpointError(
-            f"SHA-256 of the tensors in {weights} ({digest[:12]}...) does not match its manifest "
-            f"({str(manifest.get('tensors_sha256'))[:12]}...): the file was modified, truncated or corrupted. "
+            f"SHA-256 of the {what} in {weights} ({digest[:12]}...) does not match its manifest "
+            f"({str(manifest.get(field))[:12]}...): the file was modified, truncated or corrupted. "
             "Re-download it or re-save the checkpoint")
     return body
+
+
+def _hash_field(manifest: dict) -> str:
+    return "tensors_sha256" if manifest.get("format_version") == 2 else "content_sha256"
 
 
 def _detached_signature(manifest: dict, manifest_path: Path) -> dict:
@@ -188,7 +235,8 @@ def _detached_signature(manifest: dict, manifest_path: Path) -> dict:
         copy_, _ = read_json_manifest(manifest_path)
     except CheckpointError:
         return manifest
-    same = isinstance(copy_, dict) and copy_.get("tensors_sha256") == manifest.get("tensors_sha256")
+    field = _hash_field(manifest)
+    same = isinstance(copy_, dict) and copy_.get(field) is not None and copy_.get(field) == manifest.get(field)
     if same and copy_.get("signature"):
         return {**manifest, "signature": copy_["signature"]}
     return manifest
@@ -228,7 +276,11 @@ def _check_signature(manifest: dict, weights: Path, key, allow_unverified: bool,
     if not given and pinned:
         return "pinned"
     ok = lambda file: matches(given, _signed_body(manifest, file), key)  # noqa: E731
-    if not given:
+    if manifest.get("format_version") == 2:
+        problem = (f"{name} is a format-2 checkpoint, whose hash and signature leave out the tensor table in its "
+                   "header (tensor names, dtypes, shapes, offsets), so it cannot be verified. If you trust where it "
+                   "came from, re-save it in format 3 and sign it: python -m distill_utils sign PATH")
+    elif not given:
         problem = (f"{name} is not signed, and a signing key is configured. If you trust where it came from, "
                    "sign it (python -m distill_utils sign PATH); else do not use it")
     elif ok(name):

@@ -71,5 +71,5 @@ def sign(body: bytes, key: bytes) -> dict:
 def matches(signature, body: bytes, key: bytes) -> bool:
     """Whether ``signature`` (as stored: possibly malformed) is ``key``'s signature of ``body``."""
     if not isinstance(signature, dict):
-        return False
-    return hmac.compare_digest(str(signature.get("value")), sign(body, key)["value"])
+        return False  # compared as bytes: compare_digest refuses str with non-ASCII characters
+    return hmac.compare_digest(str(signature.get("value")).encode(), sign(body, key)["value"].encode())

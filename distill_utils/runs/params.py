@@ -9,12 +9,12 @@ be ignored silently).
 """
 from __future__ import annotations
 
-import re
 import types
 
 import yaml
 
 from distill_utils.common import rules
+from distill_utils.common.files import ReadRefused, YamlLoader, read_yaml
 from distill_utils.common.rules import did_you_mean
 from distill_utils.data import DATASETS
 from distill_utils.distill import LOSSES
@@ -37,22 +37,11 @@ RULES = {**rules.RULES, "dataset": rules.one_of(DATASETS), "model_name": rules.o
 _IPYTHON = {"In", "Out", "get_ipython", "exit", "quit"}
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML as people write numbers: ``1e-3`` is a float (YAML 1.1 reads it as a string)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
-               r"|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."))
-
-
 def parse_value(text: str, name: str = "value"):
     """A ``-p NAME VALUE`` value as YAML (``3`` int, ``1e-3`` float, ``[1, 2]`` list, ``abc`` string);
     ValueError naming ``name`` when it is not valid YAML."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader without aliases)
     except yaml.YAMLError as err:
         problem = str(err).splitlines()[0]
         raise ValueError(f"-p {name} {text!r} is not a valid value ({problem}); quote strings, "
@@ -61,14 +50,12 @@ def parse_value(text: str, name: str = "value"):
 
 def read_parameter_file(path) -> dict:
     """A YAML parameter file (as papermill's ``-f``) as a dict; ValueError saying what is wrong."""
-    from distill_utils.common.files import ReadRefused, read_limited
     try:
-        text = read_limited(path, MAX_PARAMETER_FILE, "parameter file").decode()
-        params = yaml.load(text, Loader=_Loader)
-    except (OSError, ReadRefused, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read parameter file {path}: {getattr(err, 'strerror', None) or err}") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"parameter file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        params = read_yaml(path, MAX_PARAMETER_FILE, "parameter file")
+    except ReadRefused as err:  # not a regular file, too large, not UTF-8, not YAML, an alias, too deep
+        raise ValueError(str(err)) from None
+    except OSError as err:
+        raise ValueError(f"cannot read parameter file {path}: {err.strerror or err}") from None
     if params is None:
         return {}
     if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
