@@ -4,6 +4,8 @@
 ``onnx.checker`` and checks that onnxruntime gives PyTorch's outputs. Every file written here
 carries its lineage and, with a signing key configured, a signature in its metadata
 (``provenance.onnx_meta``): ``python -m distill_utils lineage model.onnx`` follows it back.
+Files are used the way checkpoints are: ``read_trusted`` checks the signature (with a key
+configured) before a session runs a file or the quantizer reads it.
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from distill_utils.provenance import onnx_meta
 from distill_utils.provenance.lineage import Lineage
 from distill_utils.provenance.signing import SigningKeyError
 
-__all__ = ["DeployError", "export_onnx", "onnx_metadata", "session", "read_onnx", "write_onnx", "input_shape",
-           "check_images", "MAX_ABS_DIFF"]
+__all__ = ["DeployError", "export_onnx", "onnx_metadata", "session", "session_of", "read_onnx", "read_trusted",
+           "write_onnx", "input_shape", "fixed_batch", "check_images", "MAX_ABS_DIFF", "MIN_OPSET"]
 
 MAX_ABS_DIFF = 1e-3   # export check: onnxruntime vs PyTorch logits (fp32 gives ~1e-5)
+MIN_OPSET = 18        # torch.onnx's exporter writes opset 18 or later (it converts to older ones badly)
 
 
 class DeployError(Exception):
@@ -38,6 +41,17 @@ def read_onnx(path):
         return onnx_meta.load_onnx(path)
     except onnx_meta.OnnxFileError as err:
         raise DeployError(str(err)) from None
+
+
+def read_trusted(path, allow_unverified: bool = False):
+    """``read_onnx``, then the signature check every use of a file makes (``onnx_meta.check_trust``):
+    with a signing key configured, an unsigned or tampered file is a DeployError."""
+    model, data = read_onnx(path)
+    try:
+        onnx_meta.check_trust(model, path, allow_unverified=allow_unverified)
+    except (onnx_meta.OnnxFileError, SigningKeyError) as err:
+        raise DeployError(str(err)) from None
+    return model, data
 
 
 def write_onnx(model, path, meta: dict) -> Path:
@@ -53,11 +67,16 @@ def onnx_metadata(path) -> dict:
     return onnx_meta.read_metadata(read_onnx(path)[0])
 
 
-def session(path, threads: int | None = None):
+def session(path, threads: int | None = None, allow_unverified: bool = False):
     """An onnxruntime CPU session for ``path`` with ``threads`` intra-op threads (default: torch's
-    current thread count), one inter-op thread, all graph optimizations (notebook 09)."""
+    current thread count), one inter-op thread, all graph optimizations (notebook 09). With a
+    signing key configured the file must be signed (``allow_unverified=True`` runs it anyway)."""
+    return session_of(read_trusted(path, allow_unverified)[1], path, threads)
+
+
+def session_of(data: bytes, path, threads: int | None = None):
+    """A session for the ONNX bytes ``data`` (already read and checked from ``path``, named in errors)."""
     import onnxruntime as ort
-    _, data = read_onnx(path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
@@ -75,13 +94,24 @@ def input_shape(sess):
     return sess.get_inputs()[0].name, sess.get_inputs()[0].shape
 
 
-def check_images(x, shape, path, what="images"):
-    """DeployError unless the image tensor ``x`` fits an input of ``shape`` (batch first)."""
+def fixed_batch(shape) -> int | None:
+    """The batch size an input ``shape`` fixes (an int first axis), or None for a dynamic batch axis."""
+    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+def check_images(x, shape, path, what="images", whole_batch: bool = False):
+    """DeployError unless the image tensor ``x`` fits an input of ``shape`` (batch first); with
+    ``whole_batch``, ``x`` is one batch and must also be the batch size a fixed-batch model takes."""
+    if not isinstance(x, torch.Tensor):
+        raise DeployError(f"{what} must be an image tensor (e.g. ds.test.x), got {type(x).__name__}")
     want = tuple(d if isinstance(d, int) else None for d in shape[1:])
     got = tuple(x.shape[1:])
     if x.dim() != len(shape) or any(w is not None and w != g for w, g in zip(want, got)):
         raise DeployError(f"{what} of shape {tuple(x.shape)} do not fit {path}, which takes (batch, "
                           f"{', '.join(str(w) for w in want)}); pass a split of the dataset the model was trained on")
+    if whole_batch and (fixed := fixed_batch(shape)) is not None and len(x) != fixed:
+        raise DeployError(f"{path} takes a fixed batch of {fixed} image(s), not {len(x)}: use batch_size={fixed}, "
+                          "or export the model again with a dynamic batch axis (export_onnx does)")
 
 
 def example_batch(model, example_input=None) -> torch.Tensor:
@@ -99,6 +129,18 @@ def _spec(model):
         return model_spec(model)
     except ValueError:
         return {"name": type(model).__name__, "kwargs": {}}
+
+
+def _check_opset(opset) -> None:
+    import onnx
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise DeployError(f"opset = {opset!r}: the exporter writes ONNX opsets {MIN_OPSET} to {newest} (this onnx "
+                          "knows no newer one); pass one of those, e.g. opset=20 (the default)")
+
+
+def _written_opset(proto) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _lineage_metadata(lineage, opset: int) -> dict:
@@ -147,10 +189,14 @@ def export_onnx(model, path, example_input=None, opset: int = 20, lineage: Linea
         raise DeployError(f"{path}: an ONNX path must end in .onnx (e.g. 'model.onnx')")
     if not isinstance(model, torch.nn.Module):
         raise DeployError(f"export_onnx needs a torch.nn.Module, got {type(model).__name__}")
+    _check_opset(opset)
     recorded = _lineage_metadata(lineage, opset)
     x = example_batch(model, example_input)
     net = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
     proto = _trace(net, x, opset)
+    if (written := _written_opset(proto)) != opset:  # the exporter can fall back silently: record the truth or stop
+        raise DeployError(f"asked for opset {opset}, the exporter wrote opset {written}; nothing was written. "
+                          "Choose an opset it supports (e.g. the default, 20)")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import torch
 
-from distill_utils.deploy.export import DeployError, check_images, example_batch, input_shape, read_onnx, session
+from distill_utils.deploy.export import (
+    DeployError,
+    check_images,
+    example_batch,
+    fixed_batch,
+    input_shape,
+    read_onnx,
+    read_trusted,
+    session_of,
+)
 from distill_utils.deploy.export import write_onnx as write_onnx_file
 from distill_utils.provenance.lineage import Lineage, file_ref
 from distill_utils.provenance.onnx_meta import lineage_metadata, read_metadata
@@ -50,6 +59,12 @@ class Int8Options:
     move_relu: bool = True
 
     def __post_init__(self):
+        if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images < 1:
+            raise DeployError(f"images must be a positive integer (calibration images, e.g. 512), got {self.images!r}")
+        flags = [f for f in ("keep_first_conv", "per_channel", "reduce_range", "move_relu")
+                 if not isinstance(getattr(self, f), bool)]
+        if flags:
+            raise DeployError(f"{flags[0]} must be True or False, got {getattr(self, flags[0])!r}")
         if self.method not in ("static", "dynamic"):
             raise DeployError(f"method must be 'static' or 'dynamic', got {self.method!r}")
         if self.quant_format not in ("qdq", "qoperator") or self.activations not in ("u8", "s8"):
@@ -69,8 +84,9 @@ class Int8Options:
 class _Calibration:
     """onnxruntime's CalibrationDataReader protocol: ``get_next()`` -> {input: batch} or None."""
 
-    def __init__(self, name, x, batch_size=64):
-        self.batches = iter([{name: x[i:i + batch_size].numpy()} for i in range(0, len(x), batch_size)])
+    def __init__(self, name, x, batch_size=64, whole=False):
+        starts = range(0, len(x) - batch_size + 1 if whole else len(x), batch_size)  # whole: full batches only
+        self.batches = iter([{name: x[i:i + batch_size].numpy()} for i in starts])
 
     def get_next(self):
         return next(self.batches, None)
@@ -92,6 +108,9 @@ def _calibration_images(calibration, images, shape, path):
     if not 1 <= images <= len(x):
         raise DeployError(f"images={images} calibration images asked for, the split has {len(x)}; "
                           f"use 1 to {len(x)} (a few hundred are enough)")
+    if shape is not None and (fixed := fixed_batch(shape)) is not None and images < fixed:
+        raise DeployError(f"{path} takes a fixed batch of {fixed} images; calibrate on at least that many "
+                          f"(images={fixed})")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:images]
     return x[idx].detach().cpu().float().contiguous()
 
@@ -140,7 +159,24 @@ def relu_before_pool(model, fp32_nodes=()) -> int:
     return moved
 
 
-def _quantize(pre: Path, out: Path, x, name: str, opts: Int8Options) -> dict:
+INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+            "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
+            "QLinearGlobalAveragePool"}
+
+
+def _refuse_int8(source, meta: dict, path: Path) -> None:
+    """DeployError when ``source`` is already quantized: onnxruntime's quantizer would write a graph that
+    onnx.checker rejects (and quantizing twice only loses accuracy)."""
+    ops = sorted({n.op_type for n in source.graph.node} & INT8_OPS)
+    steps = meta.get("steps") if isinstance(meta.get("steps"), list) else []
+    if ops or any(isinstance(s, dict) and s.get("op") == "quantize_int8" for s in steps):
+        parent = meta.get("parent") if isinstance(meta.get("parent"), dict) else {}
+        fp32 = f" ({parent['path']})" if isinstance(parent.get("path"), str) else ""
+        raise DeployError(f"{path} is already int8 ({', '.join(ops) or 'quantize_int8'} in it); quantize its fp32 "
+                          f"file{fp32} instead")
+
+
+def _quantize(pre: Path, out: Path, x, name: str, opts: Int8Options, fixed: int | None) -> dict:
     """Run onnxruntime's quantizer on the prepared file ``pre`` into ``out``; returns the lineage step."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -151,7 +187,8 @@ def _quantize(pre: Path, out: Path, x, name: str, opts: Int8Options) -> dict:
         step["relu_moved_before_pool"] = relu_before_pool(prepared, keep) or None
         onnx.save(prepared, str(pre))
     if opts.method == "static":
-        quantize_static(str(pre), str(out), _Calibration(name, x), per_channel=opts.per_channel,
+        calibration = _Calibration(name, x, fixed or 64, whole=fixed is not None)  # a fixed batch takes whole batches
+        quantize_static(str(pre), str(out), calibration, per_channel=opts.per_channel,
                         quant_format=QuantFormat.QDQ if opts.quant_format == "qdq" else QuantFormat.QOperator,
                         activation_type=QuantType.QUInt8 if opts.activations == "u8" else QuantType.QInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=keep,
@@ -181,19 +218,29 @@ def quantize_int8(onnx_path, out_path, calibration=None, options: Int8Options | 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if out_path.suffix != ".onnx":
         raise DeployError(f"{out_path}: an ONNX path must end in .onnx (e.g. 'model_int8.onnx')")
-    source, data = read_onnx(onnx_path)
+    if out_path.resolve() == onnx_path.resolve():
+        raise DeployError(f"{out_path} is the fp32 file being quantized; write the int8 model to another file "
+                          "(e.g. model_int8.onnx) so the fp32 one is kept")
+    source, data = read_trusted(onnx_path)  # with a key: a tampered or unsigned file is never re-signed as int8
     meta = read_metadata(source)
-    name, shape = input_shape(session(onnx_path))
+    _refuse_int8(source, meta, onnx_path)
+    name, shape = input_shape(session_of(data, onnx_path))
     x = _calibration_images(calibration, opts.images, shape, onnx_path) if opts.method == "static" else None
     try:
         lineage = Lineage.from_record({"parents": [], "steps": meta.get("steps", [])})
     except ValueError as err:
         raise DeployError(f"{onnx_path}: {err}; export it again with export_onnx(model, path)") from None
     with tempfile.TemporaryDirectory() as tmp:
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-        step = _quantize(pre, out, x, name, opts)
-        model = onnx.load(str(out))
+        src, pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(data)  # the bytes checked above, not whatever is at onnx_path now
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            step = _quantize(pre, out, x, name, opts, fixed_batch(shape))
+            model = onnx.load(str(out))
+            onnx.checker.check_model(model)
+        except Exception as err:  # onnxruntime's quantizer and onnx raise many types
+            why = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+            raise DeployError(f"cannot quantize {onnx_path}: {why[:300]}; nothing was written") from None
     parent = file_ref({"sha256": hashlib.sha256(data).hexdigest(), "path": str(onnx_path.resolve())})
     lineage = Lineage((parent,), lineage.steps).then("quantize_int8", **step)
     meta.update(lineage_metadata(lineage.record()), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -204,7 +251,7 @@ def quantize_int8(onnx_path, out_path, calibration=None, options: Int8Options | 
 def quantization_params(path) -> dict:
     """``{tensor name: (scale, zero_point)}`` of every activation a QDQ file quantizes (notebook 09)."""
     from onnx import numpy_helper
-    model, _ = read_onnx(path)
+    model, _ = read_onnx(path)  # only looks at the file's constants
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     return {n.input[0]: (float(consts[n.input[1]]), int(consts[n.input[2]]))
             for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[1] in consts}

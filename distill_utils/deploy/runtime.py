@@ -8,27 +8,45 @@ import statistics
 import numpy as np
 import torch
 
-from distill_utils.deploy.export import DeployError, check_images, input_shape, session
+from distill_utils.deploy.export import DeployError, check_images, fixed_batch, input_shape, session
 from distill_utils.deploy.timing import run_times
 
 __all__ = ["predict_onnx", "evaluate_onnx", "latency_onnx", "onnx_runner", "torch_runner"]
 
 
+def _run(sess, feed: dict, path) -> np.ndarray:
+    """The first output of one session run; onnxruntime's failures as one DeployError line."""
+    try:
+        return sess.run(None, feed)[0]
+    except Exception as err:  # onnxruntime raises its own InvalidArgument / Fail / ... types
+        raise DeployError(f"onnxruntime could not run {path}: {str(err).splitlines()[0][:300]}") from None
+
+
 def predict_onnx(path, x, batch_size: int = 256, threads: int | None = None, sess=None) -> np.ndarray:
-    """Logits (N, classes) of the ONNX model at ``path`` for the image tensor ``x``, in batches (notebook 09)."""
+    """Logits (N, classes) of the ONNX model at ``path`` for the image tensor ``x``, in batches (notebook 09).
+    A model exported with a fixed batch size runs in batches of that size (the last one padded)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DeployError(f"batch_size must be a positive integer, got {batch_size!r}")
     sess = sess or session(path, threads)
     name, shape = input_shape(sess)
     check_images(x, shape, path)
     x = x.detach().cpu().float()
-    return np.concatenate([sess.run(None, {name: x[i:i + batch_size].contiguous().numpy()})[0]
-                           for i in range(0, len(x), batch_size)])
+    step = fixed_batch(shape) or batch_size
+    out = []
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        n = len(chunk)
+        if n < step and fixed_batch(shape):
+            chunk = torch.cat([chunk, chunk.new_zeros(step - n, *chunk.shape[1:])])
+        out.append(_run(sess, {name: chunk.contiguous().numpy()}, path)[:n])
+    return np.concatenate(out)
 
 
-def evaluate_onnx(path, split, batch_size: int = 256, threads: int | None = None) -> float:
+def evaluate_onnx(path, split, batch_size: int = 256, threads: int | None = None, sess=None) -> float:
     """Accuracy in [0, 1] of the ONNX model at ``path`` on ``split`` in onnxruntime (notebook 09)."""
     if not hasattr(split, "x") or not hasattr(split, "y"):
         raise DeployError(f"split must be a data Split (e.g. ds.test), got {type(split).__name__}")
-    logits = predict_onnx(path, split.x, batch_size, threads)
+    logits = predict_onnx(path, split.x, batch_size, threads, sess)
     return float((logits.argmax(1) == split.y.cpu().numpy()).mean())
 
 
@@ -38,8 +56,9 @@ def onnx_runner(path, x, threads: int | None = None, sess=None):
     a contender for ``timing.interleaved_ms`` (notebook 09)."""
     sess = sess or session(path, threads)
     name, shape = input_shape(sess)
-    check_images(x, shape, path)
+    check_images(x, shape, path, whole_batch=True)
     feed = {name: x.detach().cpu().float().contiguous().numpy()}
+    _run(sess, feed, path)  # a model that cannot run this batch fails here, in one line, not inside the timer
     return lambda: sess.run(None, feed)
 
 

@@ -3,7 +3,10 @@
 Every ONNX file ``distill_utils.deploy`` writes carries, in ``metadata_props``, its lineage (the
 file it was made from, ``parent``, by SHA-256 and path, and the ``steps`` since) and, with a
 signing key configured, a signature: ``signing.sign`` of the serialized model without its
-signature entry. ``onnx`` is imported only when a file is read or written.
+signature entry. Reading is bounded like every other file (a size limit before reading, regular
+files only, JSON metadata depth-limited), and ``check_trust`` is the checkpoints' rule for ONNX
+files: with a key configured, an unsigned or wrongly signed file is refused before it is used.
+``onnx`` is imported only when a file is read or written.
 """
 from __future__ import annotations
 
@@ -12,14 +15,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from distill_utils.common.files import atomic_write_bytes
-from distill_utils.provenance.signing import matches, sign, signing_key
+from distill_utils.common.files import ReadRefused, atomic_write_bytes, loads_json, read_limited
+from distill_utils.provenance.signing import key_id, matches, sign, signing_key
 
-__all__ = ["OnnxFileError", "PREFIX", "load_onnx", "read_metadata", "write_onnx", "signature_status",
-           "lineage_metadata", "read_onnx_lineage"]
+__all__ = ["OnnxFileError", "PREFIX", "MAX_ONNX", "load_onnx", "read_metadata", "write_onnx", "signature_status",
+           "check_trust", "lineage_metadata", "read_onnx_lineage"]
 
 PREFIX = "distill_lab."
 SIGNATURE = PREFIX + "signature"
+MAX_ONNX = 2 << 30  # bytes: protobuf cannot hold a larger model in one file
 
 
 class OnnxFileError(ValueError):
@@ -31,16 +35,21 @@ def load_onnx(path):
     import onnx
     from google.protobuf.message import DecodeError
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise OnnxFileError(f"ONNX file {path} not found; write one with export_onnx(model, path)")
-    data = path.read_bytes()  # the file's own size, nothing read from its contents, sizes this
+    try:
+        data = read_limited(path, MAX_ONNX, "ONNX file")  # its size is checked before anything is read
+    except ReadRefused as err:
+        raise OnnxFileError(str(err)) from None
+    except OSError as err:
+        raise OnnxFileError(f"cannot read ONNX file {path}: {err.strerror or err}") from None
     hint = (f"{path} is not a readable ONNX model ({{why}}): it may be truncated, corrupted or another kind "
             "of file. Export it again with export_onnx(model, path)")
     if not data:
         raise OnnxFileError(hint.format(why="the file is empty"))
     try:
         model = onnx.load_model_from_string(data)
-    except (DecodeError, ValueError, RuntimeError) as err:
+    except (DecodeError, ValueError, RuntimeError, RecursionError) as err:
         raise OnnxFileError(hint.format(why=f"protobuf: {err}")) from None
     if not model.graph.node or not model.opset_import:
         raise OnnxFileError(hint.format(why="no graph or no opset"))
@@ -58,8 +67,8 @@ def read_metadata(model) -> dict:
         if p.key.startswith(PREFIX):
             key = p.key[len(PREFIX):]
             try:
-                out[key] = json.loads(p.value)
-            except ValueError:
+                out[key] = loads_json(p.value, f"metadata {p.key}")
+            except ValueError:  # not JSON, or nested too deeply: kept as text
                 out[key] = p.value
     return out
 
@@ -93,18 +102,42 @@ def write_onnx(model, path, meta: dict, key=None) -> Path:
                             "folder; an existing file at that path was left as it was") from None
 
 
+def _signature(model):
+    """The stored signature entry, decoded (None when there is none; the raw text when it is not JSON)."""
+    given = next((p.value for p in model.metadata_props if p.key == SIGNATURE), None)
+    try:
+        return given if given is None else loads_json(given, "its signature")
+    except ValueError:
+        return given
+
+
 def signature_status(model, key=None) -> str:
     """'signed', 'no key' or 'unverified' (unsigned or a wrong signature)."""
     if (key := signing_key(key)) is None:
         return "no key"
-    given = next((p.value for p in model.metadata_props if p.key == SIGNATURE), None)
+    given = _signature(model)
+    return "signed" if given is not None and matches(given, _unsigned_bytes(model), key) else "unverified"
+
+
+def check_trust(model, path, key=None, allow_unverified: bool = False) -> str:
+    """Before an ONNX file is used: 'signed', 'no key', or 'unverified' when ``allow_unverified``;
+    else OnnxFileError, the checkpoints' rule (notebook 09): with a key configured, an unsigned file
+    or a wrong signature is refused. A key that cannot be used raises ``signing.SigningKeyError``."""
+    if (key := signing_key(key)) is None:
+        return "no key"
+    if signature_status(model, key) == "signed":
+        return "signed"
+    if allow_unverified:
+        return "unverified"
+    given, name = _signature(model), Path(path).name
     if given is None:
-        return "unverified"
-    try:
-        given = json.loads(given)
-    except ValueError:
-        return "unverified"
-    return "signed" if matches(given, _unsigned_bytes(model), key) else "unverified"
+        raise OnnxFileError(f"{name} is not signed, and a signing key is configured: export it again with the key "
+                            "set (export_onnx and quantize_int8 sign what they write), or pass allow_unverified=True "
+                            "if you trust where it came from")
+    given_id = given.get("key_id") if isinstance(given, dict) else None
+    raise OnnxFileError(f"the signature of {name} does not match: the file changed after signing, or it was signed "
+                        f"with another key (key id {given_id}, yours {key_id(key)}). Do not use it; export it again "
+                        "from a checkpoint you trust")
 
 
 def lineage_metadata(record: dict) -> dict:
