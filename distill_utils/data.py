@@ -6,7 +6,9 @@ Taught in notebook 01. ``load_dataset("fashion_mnist")`` looks for the files, in
 3. torchvision's download, only when ``download=True``, checked against ``DOWNLOAD_SHA256``.
 ``python -m distill_utils data`` (``make data``) gets a missing dataset itself (``distill_utils.setup.fetch``).
 The whole dataset is normalised once and kept as tensors; ``split.batches(...)``
-slices them, with optional on-tensor augmentation. No per-item DataLoader, no PIL.
+slices them, with optional on-tensor augmentation. No per-item DataLoader.
+``load_dataset("cifar10")`` reads CIFAR-10's python batches from ``root/cifar-10-batches-py``.
+``load_dataset("folder:PATH")`` loads a folder of your own images (``distill_utils.folders``).
 """
 from __future__ import annotations
 
@@ -242,6 +244,8 @@ def _read_cifar(paths) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             blob = read_limited(path, MAX_CIFAR_BYTES, "CIFAR-10 batch")
             batch = _ArraysOnly(io.BytesIO(blob), encoding="latin1").load()
+            # Python 2's pickles have str keys; one written by Python 3 may have b"data", b"labels"
+            batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
             x = torch.as_tensor(batch["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
             y = torch.as_tensor(batch["labels"], dtype=torch.int64)
         except ReadRefused as err:
@@ -310,14 +314,27 @@ _missing_message = missing_message  # the name notebook 00 calls until it calls 
 
 
 def load_dataset(name: str = "fashion_mnist", root="data", download: bool = False,
-                 val_size: int | float = 0, seed: int = 0) -> Dataset:
+                 val_size: int | float = 0, seed: int = 0, folder=None) -> Dataset:
     """Load a dataset into memory, normalised, as ``train``/``test`` (and ``val``) splits.
 
-    ``val_size`` (a count, or a fraction of train) moves a random part of train, chosen by
-    ``seed``, into ``val``. Taught in notebook 01.
+    ``name``: a built-in dataset (``DATASETS``: fashion_mnist, mnist, cifar10), found under
+    ``root``, or ``"folder:PATH"``, a folder of your own images (``distill_utils.folders``;
+    ``folder``: its ``FolderOptions``; ``root`` is not used). ``val_size`` (a count, or a
+    fraction of train) moves a random part of train, chosen by ``seed``, into ``val``.
+    Taught in notebook 01.
     """
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not math.isfinite(val_size):
+        raise ValueError(f"val_size must be a count or a fraction of train, got {val_size!r}")
+    if isinstance(name, str) and name.startswith("folder:"):
+        from distill_utils.folders import load_folder  # folders builds on this module
+        return with_val(load_folder(name, folder), val_size, seed)
+    return with_val(_load_builtin(name, root, download), val_size, seed)
+
+
+def _load_builtin(name: str, root, download: bool) -> Dataset:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}, "
+                         "or 'folder:PATH' for a folder of your own images")
     spec = DATASETS[name]
     found = find_files(name, root)
     if found is None and download:
@@ -345,10 +362,12 @@ def load_dataset(name: str = "fashion_mnist", root="data", download: bool = Fals
         mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
         std = torch.tensor(spec.std).view(1, -1, 1, 1)
         splits[split] = Split(((x.float() / 255 - mean) / std).contiguous(), y, spec.crop_pad, spec.flip)
-    ds = Dataset(name, splits["train"], splits["test"], spec.classes, spec.input_shape, source,
-                 mean=spec.mean, std=spec.std)
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not math.isfinite(val_size):
-        raise ValueError(f"val_size must be a count or a fraction of train, got {val_size!r}")
+    return Dataset(name, splits["train"], splits["test"], spec.classes, spec.input_shape, source,
+                   mean=spec.mean, std=spec.std)
+
+
+def with_val(ds: Dataset, val_size: int | float, seed: int) -> Dataset:
+    """``ds`` with ``val_size`` examples (a count, or a fraction) of train moved into ``val`` (notebook 10)."""
     if val_size:
         n_val = round(val_size * len(ds.train)) if isinstance(val_size, float) else int(val_size)
         if not 0 < n_val < len(ds.train):

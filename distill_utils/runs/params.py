@@ -16,8 +16,8 @@ import yaml
 from distill_utils.common import rules
 from distill_utils.common.files import ReadRefused, YamlLoader, read_yaml
 from distill_utils.common.rules import did_you_mean
-from distill_utils.data import DATASETS
 from distill_utils.distill import LOSSES
+from distill_utils.folders import dataset_problem
 from distill_utils.models import MODELS
 from distill_utils.prune import CRITERIA
 
@@ -30,8 +30,9 @@ class ParameterError(ValueError):
     """A notebook parameter has a wrong type, an out-of-range value or an unknown name."""
 
 
-# The common rules plus the choices that come from the package's registries.
-RULES = {**rules.RULES, "dataset": rules.one_of(DATASETS), "model_name": rules.one_of(MODELS),
+# The common rules plus the choices that come from the package's registries; a dataset is a built-in
+# name or folder:PATH (an existing folder of your own images).
+RULES = {**rules.RULES, "dataset": dataset_problem, "model_name": rules.one_of(MODELS),
          "student_name": rules.one_of(MODELS), "criterion": rules.one_of(CRITERIA), "loss": rules.one_of(LOSSES)}
 
 _IPYTHON = {"In", "Out", "get_ipython", "exit", "quit"}
