@@ -12,7 +12,9 @@ looks at the per-seed differences ``d_i = a_i - b_i`` over the seeds both sides 
 * fewer than 3 shared seeds: "too few seeds" (the numbers are still reported);
 * otherwise the 95% confidence interval of the mean difference (Student t with n - 1 degrees
   of freedom) decides: "better" or "worse" when it excludes 0, else
-  "no measurable difference".
+  "no measurable difference";
+* values so large that their differences or spread overflow: "cannot compare" (never a verdict
+  drawn from a NaN interval).
 
 The ``±`` in a sentence is the standard deviation of the paired differences (not the
 interval). Results are multiplied by ``scale`` (accuracy in [0, 1] -> percentage points).
@@ -55,7 +57,7 @@ def _std(xs) -> float:
     if len(xs) < 2:
         return math.nan
     m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    return math.sqrt(sum((x - m) * (x - m) for x in xs) / (len(xs) - 1))  # inf, not OverflowError, when huge
 
 
 def _per_seed(values, name: str, scale: float) -> dict[int, float]:
@@ -65,21 +67,28 @@ def _per_seed(values, name: str, scale: float) -> dict[int, float]:
                          f"got {type(values).__name__}")
     if not values:
         raise ValueError(f"results of {name!r} are empty: run at least one seed")
-    out = {}
+    out, given = {}, {}
     for seed, value in values.items():
         try:
             key = int(seed)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"results of {name!r}: seed {seed!r} is not an integer") from None
-        if key != seed and str(key) != str(seed).strip():
+        if isinstance(seed, bool) or key != seed and str(key) != str(seed).strip():
             raise ValueError(f"results of {name!r}: seed {seed!r} is not an integer")
+        if key in given:  # {0: ..., "0": ...}: one run counted twice, or two runs under one seed
+            raise ValueError(f"results of {name!r}: seed {key} is given twice (as {given[key]!r} and {seed!r}); "
+                             "give each seed once")
+        given[key] = seed
         if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
             raise ValueError(f"results of {name!r}: seed {key} has {value!r}, not a number")
-        number = float(value)
+        try:
+            number = float(value) * scale
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"results of {name!r}: seed {key} has {value!r}, not a number") from None
         if not math.isfinite(number):
             raise ValueError(f"results of {name!r}: seed {key} has the non-finite value {number}; "
-                             "that run diverged or failed, so rerun or drop it")
-        out[key] = number * scale
+                             "that run diverged or failed (or it overflows once scaled), so rerun or drop it")
+        out[key] = number
     return dict(sorted(out.items()))
 
 
@@ -144,8 +153,21 @@ class Comparison:
         sign = 1 if self.higher_is_better else -1
         return sum(sign * d < 0 for d in self.differences)
 
+    def __post_init__(self):
+        if not isinstance(self.higher_is_better, bool):
+            raise ValueError(f"higher_is_better must be True or False, got {self.higher_is_better!r}")
+
+    @property
+    def comparable(self) -> bool:
+        """Whether the differences, their spread and interval are finite numbers (they overflow for
+        values near the largest float)."""
+        numbers = [self.diff, *(self.ci if self.n >= 2 else ()), *((self.diff_std,) if self.n >= 2 else ())]
+        return all(math.isfinite(v) for v in numbers)
+
     @property
     def verdict(self) -> str:
+        if not self.comparable:
+            return "cannot compare"
         if self.n < MIN_SEEDS:
             return "too few seeds"
         low, high = self.ci
@@ -165,7 +187,10 @@ class Comparison:
         seeds = f"{self.n} {self.over}" + ("s" if self.n != 1 else "")
         lower = "" if self.higher_is_better else "lower is better; "
         verdict = self.verdict
-        if verdict in ("better", "worse"):
+        if verdict == "cannot compare":
+            text = (f"cannot compare {self.name_a} with {self.name_b}: their {self.over} differences overflow "
+                    "(values near the largest float); check the metric and the scale")
+        elif verdict in ("better", "worse"):
             count = self.wins if verdict == "better" else self.losses
             how = f"every {self.over}" if count == self.n else f"{count} of {self.n}"
             verb = "beats" if verdict == "better" else "is worse than"
@@ -205,8 +230,10 @@ def compare(a: Mapping, b: Mapping, name_a: str, name_b: str, *, higher_is_bette
     are left out (and named in the sentence). Raises ``ValueError`` for empty results, values
     that are not finite numbers, or no seed in common.
     """
-    if not math.isfinite(scale) or scale == 0:
-        raise ValueError(f"scale must be a finite non-zero number, got {scale}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale == 0:
+        raise ValueError(f"scale must be a finite non-zero number, got {scale!r}")
+    if not isinstance(higher_is_better, bool):
+        raise ValueError(f"higher_is_better must be True or False, got {higher_is_better!r}")
     sa, sb = _per_seed(a, name_a, scale), _per_seed(b, name_b, scale)
     shared = [s for s in sa if s in sb]
     if not shared:
