@@ -7,17 +7,21 @@ and keeps, per notebook, one small JSON file ``data/reference/<notebook>.json``:
     {"notebook": ..., "params_file": "params/full.yaml", "parameters": {...},
      "seeds": {"0": {"metrics": {...}, "wall_s": ..., "versions": {...}, "finished": ...}, ...}}
 
-It is resumable: a seed already in the file is skipped. Notebooks 03, 04 and 09 show these numbers
-beside the workshop run (``load``, ``per_seed``); ``tables`` turns them into the README's tables.
+It is resumable: a seed already in the file is skipped, but only while the parameters the record
+was made with are the ones ``params/full.yaml`` gives now (``common.resume``, the rule every
+resumable runner follows): a record is never a mix of seeds run with different values. Notebooks
+03, 04 and 09 show these numbers beside the workshop run (``load``, ``per_seed``); ``tables`` turns
+them into the README's tables.
 """
 from __future__ import annotations
 
-import json
+import ast
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from distill_utils.common.files import atomic_write_json
+from distill_utils.common.files import ReadRefused, atomic_write_json, read_json
+from distill_utils.common.resume import check_same
 from distill_utils.runs.experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
 
 __all__ = ["REFERENCE_DIR", "NOTEBOOKS", "MISSING", "load", "per_seed", "describe", "run_reference", "add_seed"]
@@ -28,21 +32,43 @@ NOTEBOOKS = ("03", "04", "05", "06", "09")  # what `make reference` runs
 MISSING = ("No full-size reference record for `{notebook}` exists yet. `python -m distill_utils reference "
            "--only {notebook}` makes one per seed (hours on a laptop CPU); until then only this run's numbers "
            "are shown.")
+MAX_RECORD = 16 << 20  # bytes: a reference record holds metrics of a few seeds
+NOT_PARAMETERS = ("out_dir", "data_root", "seed", "seeds")  # what differs between seeds, or between machines
 
 
 def load(notebook: str, folder=None) -> dict | None:
-    """The reference record of ``notebook`` (its stem, e.g. ``"03_knowledge_distillation"``), or None."""
+    """The reference record of ``notebook`` (its stem, e.g. ``"03_knowledge_distillation"``), or None
+    when there is none or it has no seeds yet; ValueError naming the file when it is unreadable or
+    malformed."""
     path = Path(folder or REFERENCE_DIR) / f"{Path(notebook).stem}.json"
+    fix = f"delete it and rerun python -m distill_utils reference --only {Path(notebook).stem}"
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path, MAX_RECORD, "reference record")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"reference record {path} is unreadable ({err}); delete it and rerun "
-                         f"python -m distill_utils reference --only {Path(notebook).stem}") from None
+    except (OSError, ReadRefused) as err:
+        raise ValueError(f"reference record {path} is unreadable ({getattr(err, 'strerror', None) or err}); "
+                         f"{fix}") from None
     if not isinstance(record, dict) or not isinstance(record.get("seeds"), dict) or not record["seeds"]:
         return None
+    problem = _malformed(record)
+    if problem:
+        raise ValueError(f"reference record {path} is malformed ({problem}); {fix}")
     return record
+
+
+def _malformed(record: dict) -> str | None:
+    """What is wrong with a record's shape, or None."""
+    if not isinstance(record.get("parameters", {}), dict):
+        return "its parameters are not a mapping"
+    for seed, entry in record["seeds"].items():
+        try:
+            int(seed)
+        except ValueError:
+            return f"seed {seed!r} is not an integer"
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            return f"seed {seed} has no metrics mapping"
+    return None
 
 
 def per_seed(record: dict, key: str | tuple) -> dict[int, float]:
@@ -55,7 +81,10 @@ def per_seed(record: dict, key: str | tuple) -> dict[int, float]:
         for part in (key,) if isinstance(key, str) else key:
             value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, dict):
-            out.update({int(s): v for s, v in value.items()})
+            try:
+                out.update({int(s): v for s, v in value.items()})
+            except (TypeError, ValueError):
+                raise ValueError(f"reference metric {key!r} of seed {seed} maps non-integer seeds") from None
         elif value is not None:
             out[int(seed)] = value
     return out
@@ -74,29 +103,53 @@ def _parameters_for_seed(declared: set, seed: int) -> dict:
     return own
 
 
-def run_reference(notebooks=NOTEBOOKS, seeds=(0, 1, 2), folder=None, work=None, params_file=None) -> dict:
-    """Run each notebook at full size once per missing seed; returns {notebook: record}."""
-    import yaml
+def _expected(notebook, declared: dict, full: dict) -> dict:
+    """The parameters a run of ``notebook`` with ``full`` records (its defaults, then the file's values),
+    as ``add_seed`` keeps them; a default that is not a literal is left out."""
+    from distill_utils.runs.experiments import parameters_for
+    values = {}
+    for name, info in declared.items():
+        try:
+            values[name] = ast.literal_eval(str(info.get("default")))
+        except (ValueError, SyntaxError):
+            pass
+    values.update({k: v for k, v in parameters_for(notebook, full).items() if k in declared})
+    return {k: v for k, v in values.items() if k not in NOT_PARAMETERS}
 
+
+def _shared(record: dict, expected: dict) -> tuple[dict, dict]:
+    """The record's parameters and ``expected``, on the names both have (a notebook may since have gained
+    or lost a parameter, or have a default that is not a literal)."""
+    stored = record.get("parameters", {})
+    return {k: v for k, v in stored.items() if k in expected}, {k: v for k, v in expected.items() if k in stored}
+
+
+def run_reference(notebooks=NOTEBOOKS, seeds=(0, 1, 2), folder=None, work=None, params_file=None) -> dict:
+    """Run each notebook at full size once per missing seed; returns {notebook: record}. A record made
+    with other parameters than ``params_file`` gives now is refused (``common.resume.ResumeRefused``)."""
     from distill_utils.runs.experiments import declared_parameters, parameters_for
+    from distill_utils.runs.params import read_parameter_file
     folder, work = Path(folder or REFERENCE_DIR), Path(work or REPO / "runs" / "reference")
     params_file = Path(params_file or FULL)
-    full = yaml.safe_load(params_file.read_text()) or {}
+    full = read_parameter_file(params_file)
+    shown = f"params/{params_file.name}" if params_file.parent.name == "params" else params_file.name
     done = {}
     for nb in resolve_notebooks(list(notebooks)):
-        stem = nb.stem
-        shown = f"params/{params_file.name}" if params_file.parent.name == "params" else params_file.name
+        stem, declared = nb.stem, declared_parameters(nb)
         record = load(stem, folder) or {"notebook": stem, "params_file": shown, "parameters": {}, "seeds": {}}
-        declared = set(declared_parameters(nb))
+        expected = _expected(nb, declared, full)
+        if record["seeds"]:
+            check_same(*_shared(record, expected), f"{folder / (stem + '.json')}",
+                       f"its seeds {', '.join(record['seeds'])} would be mixed with runs of the new values. Restore "
+                       f"{shown}, or move the record away to start it again with the new values")
         for seed in seeds:
             if str(seed) in record["seeds"]:
                 print(f"{stem} seed {seed}: already in {folder / (stem + '.json')}, skipped", flush=True)
                 continue
             out = work / f"{stem}-seed{seed}"
             start = time.perf_counter()
-            run_sequence([str(nb)], out, {**parameters_for(nb, full), **_parameters_for_seed(declared, seed)})
+            run_sequence([str(nb)], out, {**parameters_for(nb, full), **_parameters_for_seed(set(declared), seed)})
             add_seed(record, seed, read_record(record_path(out, nb.name)) or {}, time.perf_counter() - start)
-            folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(folder / f"{stem}.json", record)  # after every seed: an interrupted run keeps what it did
             print(f"{stem} seed {seed}: recorded in {time.perf_counter() - start:.0f} s", flush=True)
         done[stem] = record
@@ -104,9 +157,13 @@ def run_reference(notebooks=NOTEBOOKS, seeds=(0, 1, 2), folder=None, work=None, 
 
 
 def add_seed(record: dict, seed: int, run: dict, wall_s: float) -> dict:
-    """Put one finished run record (``<notebook>.record.json``) into ``record`` as ``seed``."""
-    params = {k: v for k, v in run.get("parameters", {}).items() if k not in ("out_dir", "data_root", "seed")}
-    record["parameters"] = {k: v for k, v in params.items() if k != "seeds"}
+    """Put one finished run record (``<notebook>.record.json``) into ``record`` as ``seed``; a run made
+    with other parameters than the seeds already there is refused (``ResumeRefused``)."""
+    params = {k: v for k, v in run.get("parameters", {}).items() if k not in NOT_PARAMETERS}
+    if record["seeds"]:
+        check_same(*_shared(record, params), f"the reference record of {record.get('notebook')}",
+                   f"seed {seed} ran with other values, so it is not added")
+    record["parameters"] = params
     record["seeds"][str(seed)] = {"metrics": run.get("metrics", {}), "wall_s": round(wall_s, 1),
                                   "versions": {k: v for k, v in run.get("versions", {}).items() if k != "host"},
                                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
