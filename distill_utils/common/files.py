@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 __all__ = ["ReadRefused", "open_regular", "read_limited", "loads_json", "read_json", "YamlLoader", "loads_yaml",
-           "read_yaml", "locked", "atomic_write_bytes", "atomic_write_json", "atomic_write_files", "DISK_FULL",
+           "read_yaml", "locked", "atomic_write_bytes", "atomic_write_json", "atomic_write_files", "move_into_place",
+           "DISK_FULL",
            "MAX_DEPTH"]
 
 MAX_DEPTH = 64  # levels of nesting in a JSON or YAML file from a user: parameters and records need a handful
@@ -210,6 +211,15 @@ def atomic_write_files(files: dict) -> list[Path]:
         for tmp in written.values():
             Path(tmp).unlink(missing_ok=True)  # those renamed are gone already
     return list(written)
+
+
+def move_into_place(tmp, path) -> Path:
+    """Flush the finished file ``tmp`` (written by another library, in ``path``'s folder) to disk and rename
+    it over ``path``: readers see the old file or the whole new one."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return Path(path)
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from distill_utils.common.files import atomic_write_json, read_limited
+from distill_utils.common.files import atomic_write_json, loads_json, move_into_place, read_limited
 from distill_utils.runs.params import did_you_mean, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def read_record(path, problems: list | None = None) -> dict | None:
     """The record at ``path``, or None if there is none or it is unreadable or malformed (then, with
     ``problems`` given, ``(path, why)`` is appended to it)."""
     try:
-        record = json.loads(read_limited(path, MAX_RECORD, "run record"))
+        record = loads_json(read_limited(path, MAX_RECORD, "run record"), f"run record {path}")
         if not isinstance(record, dict):
             raise ValueError("not a JSON object")
         for name, kind in (("parameters", dict), ("metrics", dict), ("checkpoints", dict), ("status", str)):
@@ -300,6 +300,15 @@ def check_values(notebook, values: dict, declared: dict | None = None) -> None:
     validate(namespace)
 
 
+def _refuse_sources(out: Path, notebooks) -> None:
+    """ValueError when ``out`` is the tutorial's notebooks folder, or an executed copy would land on its source."""
+    over = [nb.name for nb in notebooks if (out / nb.name).resolve() == Path(nb).resolve()]
+    if over or out == NOTEBOOKS.resolve():
+        what = f"the executed copy of {over[0]} would replace the notebook itself" if over else \
+            "it is the tutorial's own notebooks folder"
+        raise ValueError(f"output folder {out}: {what}; choose another folder with --out (default runs/<timestamp>)")
+
+
 def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, strict=()) -> Path:
     """Execute notebooks in order with papermill into ``out_dir`` (default ``runs/<timestamp>``).
 
@@ -309,8 +318,9 @@ def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, s
     before the first one runs. They run with ``notebooks/`` as the working directory, like in
     JupyterLab. Stops at the first failing notebook, whose executed copy (with the error) is kept
     and whose record is marked failed, by raising ``NotebookFailed`` (which carries the folder).
-    An unknown notebook is a FileNotFoundError, an unwritable ``out_dir`` an OSError, both before
-    anything runs.
+    An unknown notebook is a FileNotFoundError, an unwritable ``out_dir`` an OSError, an ``out_dir``
+    where an executed copy would replace its source notebook a ValueError, all before anything runs.
+    Each executed copy replaces an older one at once, when papermill has finished writing it.
     """
     import papermill as pm
 
@@ -325,6 +335,7 @@ def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, s
     for nb in paths:
         check_values(nb, parameters_for(nb, given), declared[nb])
     out = Path(out_dir or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    _refuse_sources(out, paths)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{time.time_ns()}"
@@ -337,12 +348,15 @@ def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, s
         start = time.perf_counter()
         print(f"running {nb.name} ...", flush=True)
         mine = {k: v for k, v in {**parameters_for(nb, given), "out_dir": str(out)}.items() if k in declared[nb]}
+        running = out / f".{nb.stem}.running.ipynb"  # the executed copy replaces an older one only when whole
         try:
-            pm.execute_notebook(str(nb), str(out / nb.name), cwd=str(nb.parent), parameters=mine,
-                                progress_bar=progress)
+            pm.execute_notebook(str(nb), str(running), cwd=str(nb.parent), parameters=mine, progress_bar=progress)
         except Exception as err:  # papermill's execution error, a dead kernel, ...
             error = papermill_error(err)
+            if running.exists():
+                move_into_place(running, out / nb.name)  # the copy shows where it failed
             mark_failed(out, nb.name, error, mine)
             raise NotebookFailed(nb.name, out, error) from err
+        move_into_place(running, out / nb.name)
         print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return out
