@@ -153,6 +153,15 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        """One normalised image ``(C, H, W)`` as ``imshow`` takes it, values in [0, 1]: ``(H, W)`` for
+        one channel (show it with ``cmap="gray"``), ``(H, W, 3)`` for RGB (notebook 01)."""
+        c = x.shape[0]
+        mean = torch.tensor(self.mean or (0.0,) * c).view(c, 1, 1)  # a dataset made in memory may have none
+        std = torch.tensor(self.std or (1.0,) * c).view(c, 1, 1)
+        img = (x.detach().cpu().float() * std + mean).clamp(0, 1)
+        return img[0] if c == 1 else img.permute(1, 2, 0)
+
     def __repr__(self):
         val = f", val={len(self.val)}" if self.val is not None else ""
         return (f"Dataset({self.name!r}: train={len(self.train)}{val}, test={len(self.test)}, "

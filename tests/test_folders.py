@@ -89,6 +89,7 @@ def test_train_test_layout_keeps_png_pixels_exactly_and_jpeg_as_pillow_decodes(t
     raw = np.stack([Image.open(tmp_path / "train" / p).convert("RGB") for p in order]) / 255
     np.testing.assert_allclose(ds.mean, raw.mean(axis=(0, 1, 2)), atol=1e-5)
     np.testing.assert_allclose(ds.std, raw.std(axis=(0, 1, 2)), atol=1e-5)
+    torch.testing.assert_close(ds.to_image(ds.test.x[0]), torch.from_numpy(test["cat/0.png"]) / 255, atol=1e-6, rtol=0)
     x, y = next(ds.train.batches(4, shuffle=True, augment=True))  # the Split API of the built-in datasets
     assert x.shape == (4, 3, 16, 16) and y.shape == (4,)
 
@@ -96,7 +97,7 @@ def test_train_test_layout_keeps_png_pixels_exactly_and_jpeg_as_pillow_decodes(t
 def test_one_tree_is_split_per_class_by_a_seed(tmp_path):
     noise_tree(tmp_path, classes=("a", "b", "c"), n=10, shape=(12, 12))  # grayscale: one channel
     ds = load_dataset(f"folder:{tmp_path}")
-    assert ds.input_shape == (1, 12, 12)
+    assert ds.input_shape == (1, 12, 12) and ds.to_image(ds.train.x[0]).shape == (12, 12)  # imshow, cmap="gray"
     assert torch.bincount(ds.test.y).tolist() == [2, 2, 2] and torch.bincount(ds.train.y).tolist() == [8, 8, 8]
     again = load_dataset(f"folder:{tmp_path}")
     other = load_dataset(f"folder:{tmp_path}", folder=FolderOptions(split_seed=1))

@@ -49,14 +49,14 @@ def versions() -> dict:
 
 def fingerprint(root: Path, files) -> str:
     """SHA-256 of ``(split, label, path relative to root, size, mtime)`` of every file, in order."""
-    digest = hashlib.sha256()
+    digest, prefix = hashlib.sha256(), len(os.path.join(str(root), ""))
     for path, label, split in files:
         try:
             st = os.stat(path)
             size, mtime = st.st_size, st.st_mtime_ns
         except OSError:  # a broken link: it is skipped when decoded; its appearing later changes this
             size = mtime = -1
-        digest.update(f"{split}\t{label}\t{os.path.relpath(path, root)}\t{size}\t{mtime}\n".encode())
+        digest.update(f"{split}\t{label}\t{path[prefix:]}\t{size}\t{mtime}\n".encode())  # path below root
     return digest.hexdigest()
 
 

@@ -81,8 +81,10 @@ def _check_no_loop(directory: Path) -> None:
 def _images(directory: Path, classes: list[str], ignored: list) -> list[tuple[str, int]]:
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
+    prefix = len(os.path.join(str(directory), ""))  # paths below it start here
+
     def is_image(path: str) -> bool:
-        if any(part.startswith(".") for part in Path(path).relative_to(directory).parts):
+        if any(part.startswith(".") for part in path[prefix:].split(os.sep)):
             return False  # hidden files and folders (.DS_Store, .ipynb_checkpoints)
         if has_file_allowed_extension(path, IMG_EXTENSIONS):
             return True
