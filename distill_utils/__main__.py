@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -100,11 +99,32 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _launch_problem(address: str | None, workers: int) -> str | None:
+    """Why the Dask scheduler at ``address`` cannot be reached (found in seconds, not after a 30 s timeout);
+    with no scheduler, a warning when more workers are asked for than this machine has CPU cores."""
+    import socket
+    from urllib.parse import urlsplit
+    if not address and workers > (cores := os.cpu_count() or 1):
+        print(f"warning: --workers {workers} on {cores} CPU cores: the runs compete for them and each is slower; "
+              f"--workers {cores} or fewer finishes as soon", file=sys.stderr)
+    try:
+        if not address:
+            return None
+        url = urlsplit(address if "://" in address else f"tcp://{address}")
+        socket.create_connection((url.hostname, url.port or 8786), timeout=5).close()
+    except (OSError, ValueError, TypeError) as err:
+        return (f"cannot reach the Dask scheduler at {address!r} ({getattr(err, 'strerror', None) or err}); start "
+                "one there (dask scheduler) or give its address as --scheduler tcp://host:8786")
+    return None
+
+
 def cmd_sweep(args) -> int:
     from distill_utils.runs.experiments import resolve_notebooks
     from distill_utils.runs.params import parse_value, read_parameter_file
     from distill_utils.runs.report import write_report
     from distill_utils.runs.sweeps import sweep
+    if problem := _launch_problem(args.scheduler, args.workers):
+        return fail(problem, 2)
     try:
         notebook = resolve_notebooks([args.notebook])
         grid = {}
@@ -159,16 +179,19 @@ def cmd_lineage(args) -> int:
 
 def cmd_sign(args) -> int:
     from distill_utils.provenance.checkpoints import CheckpointError, sign_checkpoint, verify_checkpoint
+    from distill_utils.provenance.onnx_meta import OnnxFileError, verify_onnx
     try:
         if args.command == "sign":
             manifest = sign_checkpoint(args.checkpoint)
             print(f"signed {args.checkpoint} (key id {manifest['signature']['key_id']})")
-        else:
-            manifest = verify_checkpoint(args.checkpoint)
+        else:  # an ONNX file has no hash to check, only its signature
+            onnx = Path(args.checkpoint).suffix.lower() == ".onnx"
+            verified = verify_onnx(args.checkpoint) if onnx else verify_checkpoint(args.checkpoint)["verified"]
             how = {"signed": "SHA-256 and signature match", "pinned": "SHA-256 matches the hash pinned in the code",
                    "no key": "SHA-256 matches (no signing key configured)"}
-            print(f"OK: {args.checkpoint}: {how[manifest['verified']]}")
-    except CheckpointError as err:
+            print(f"OK: {args.checkpoint}: " + ({"signed": "signature matches", "no key": "no signing key configured"}
+                                                 if onnx else how)[verified])
+    except (CheckpointError, OnnxFileError) as err:
         return fail(err)
     return 0
 
@@ -177,14 +200,18 @@ def cmd_pretrained(args) -> int:
     """Train the shipped teacher with params/full.yaml and copy it to data/pretrained/."""
     import hashlib
 
+    from distill_utils.common.files import atomic_write_files
     from distill_utils.provenance.checkpoints import verify_checkpoint
     from distill_utils.provenance.pretrained import PRETRAINED_DIR
     from distill_utils.runs.experiments import REPO, run_sequence
     from distill_utils.runs.params import read_parameter_file
     out = run_sequence(["01"], REPO / "runs" / "pretrained", read_parameter_file(REPO / "params" / "full.yaml"))
-    PRETRAINED_DIR.mkdir(parents=True, exist_ok=True)
-    for suffix in (".safetensors", ".json"):
-        shutil.copy(out / f"teacher{suffix}", PRETRAINED_DIR / f"teacher_fashion_mnist{suffix}")
+    verify_checkpoint(out / "teacher.safetensors")  # checked before it replaces anything
+    try:  # both files written in full before either replaces the shipped one: a full disk changes nothing
+        atomic_write_files({PRETRAINED_DIR / f"teacher_fashion_mnist{s}": (out / f"teacher{s}").read_bytes()
+                            for s in (".safetensors", ".json")})
+    except OSError as err:
+        return fail(f"cannot replace the shipped teacher in {PRETRAINED_DIR}: {err.strerror or err}; new one: {out}")
     manifest = verify_checkpoint(PRETRAINED_DIR / "teacher_fashion_mnist.safetensors")
     print(f"shipped teacher: sha256 {manifest['sha256']}, metrics {manifest['metadata'].get('metrics')}")
     json_sha = hashlib.sha256((PRETRAINED_DIR / "teacher_fashion_mnist.json").read_bytes()).hexdigest()
@@ -219,9 +246,10 @@ def cmd_reference(args) -> int:
             print("README.md: reference table " + ("rewritten" if changed else "already up to date"))
             return 0
         run_reference(args.only or NOTEBOOKS, args.seeds)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"FAIL: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as err:  # a malformed record, parameters that changed, a bad name
+        return fail(err, 2)
+    except OSError as err:  # README.md or a record could not be written: the atomic writer changed nothing
+        return fail(f"cannot write {getattr(err, 'filename', None) or 'the file'}: {err.strerror or err}", 1)
     except Exception as err:  # a notebook failed: the seeds done so far are kept
         from distill_utils.runs.experiments import papermill_error
         print(f"FAIL: a reference run failed: {papermill_error(err)}; finished seeds are kept, "
@@ -242,11 +270,16 @@ def cmd_search(args) -> int:
         return fail("--retrain-seeds is for the summary: add --summary FILE", 2)
     if any(s < 0 for s in args.retrain_seeds):
         return fail(f"--retrain-seeds takes seeds of 0 or more, got {args.retrain_seeds}", 2)
+    if args.summary and Path(args.summary).is_dir():  # found now, not after the study's hours
+        return fail(f"--summary {args.summary} is a folder; name the JSON file to write in it", 2)
+    if problem := _launch_problem(args.scheduler, args.workers):
+        return fail(problem, 2)
     try:
         df = search(args.space, args.trials, out, args.workers, args.scheduler, args.storage, args.study)
     except (ValueError, FileNotFoundError, DataError, CheckpointError) as err:  # SpaceError is a ValueError
-        print(f"FAIL: {err}", file=sys.stderr)
-        return 2
+        return fail(err, 2)
+    except OSError as err:  # the study folder or its journal cannot be written
+        return fail(f"cannot write the study in {out}: {err.strerror or err}; choose a writable folder with --out", 2)
     cost = df.attrs["config"]["cost"]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(df.state.value_counts().items()))
     print(f"\n{len(df)} trials ({counts}) in {df.attrs['out']}")
@@ -260,7 +293,10 @@ def cmd_search(args) -> int:
     print(f"report: {html}")
     if args.summary:
         from distill_utils.common.files import atomic_write_json
-        atomic_write_json(args.summary, study_summary(out, args.storage, args.study, args.retrain_seeds))
+        try:
+            atomic_write_json(args.summary, study_summary(out, args.storage, args.study, args.retrain_seeds))
+        except OSError as err:
+            return fail(f"cannot write the summary {args.summary}: {err.strerror or err}")
         print(f"summary of the study (its front with test accuracies): {args.summary}")
     return 0
 

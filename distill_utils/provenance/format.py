@@ -179,6 +179,9 @@ def read_verified(path, expected_sha256=None, key=None, allow_unverified=False) 
     against ``expected_sha256`` when given), then the signature: (bytes, manifest, weights path).
     The manifest gains ``sha256`` and ``bytes`` (of the file), ``path`` (absolute) and ``verified``."""
     weights, manifest_path = checkpoint_paths(path)
+    if weights.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{weights} is an ONNX file, not a checkpoint: it is signed when written (export_onnx, "
+                              "quantize_int8 with a key set) and read with distill_utils.deploy")
     if not weights.exists():
         raise CheckpointError(f"checkpoint weights {weights} not found; check the path "
                               "(save one with save_checkpoint(model, path))")

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 
 from distill_utils.common.files import ReadRefused, atomic_write_bytes, loads_json, read_limited
-from distill_utils.provenance.signing import key_id, matches, sign, signing_key
+from distill_utils.provenance.signing import SigningKeyError, key_id, matches, sign, signing_key
 
 __all__ = ["OnnxFileError", "PREFIX", "MAX_ONNX", "load_onnx", "read_metadata", "write_onnx", "signature_status",
-           "check_trust", "lineage_metadata", "read_onnx_lineage"]
+           "check_trust", "verify_onnx", "lineage_metadata", "read_onnx_lineage"]
 
 PREFIX = "distill_lab."
 SIGNATURE = PREFIX + "signature"
@@ -138,6 +138,15 @@ def check_trust(model, path, key=None, allow_unverified: bool = False) -> str:
     raise OnnxFileError(f"the signature of {name} does not match: the file changed after signing, or it was signed "
                         f"with another key (key id {given_id}, yours {key_id(key)}). Do not use it; export it again "
                         "from a checkpoint you trust")
+
+
+def verify_onnx(path, key=None) -> str:
+    """``check_trust`` of the ONNX file at ``path``: 'signed' or 'no key', else OnnxFileError
+    (``python -m distill_utils verify model.onnx``); a key that cannot be used is an OnnxFileError too."""
+    try:
+        return check_trust(load_onnx(path)[0], path, key)
+    except SigningKeyError as err:
+        raise OnnxFileError(str(err)) from None
 
 
 def lineage_metadata(record: dict) -> dict:
