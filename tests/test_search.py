@@ -13,6 +13,7 @@ import yaml
 
 from conftest import make_idx_dataset
 from distill_utils import __main__ as cli
+from distill_utils.provenance.lineage import lineage_chain
 from distill_utils.runs import search as S
 from distill_utils.runs.experiments import REPO, collect, read_record
 from distill_utils.runs.report import write_report
@@ -127,6 +128,12 @@ def test_failing_trial_is_recorded_and_the_study_goes_on_then_resumes(tiny, tmp_
     ok = records[records.status == "ok"]
     assert ok["metric.val_acc"].between(0, 1).all() and (ok["metric.params"] > 0).all()
     assert "param.T" in records and "param.model" in records and (out / "trial-0000" / "model.safetensors").exists()
+    # a trial's model names where it came from: the teacher it was distilled from (and pruned, for a pruned teacher)
+    done = df[df.state == "complete"].iloc[0]
+    chain = lineage_chain(out / f"trial-{done.trial:04d}" / "model.safetensors")
+    assert [step["op"] for step in chain[0]["steps"]][-1] == "distill" and len(chain) == 2
+    assert chain[1]["path"] == str(tiny.parent / "teacher.safetensors") and "teacher" in chain[1]["role"]
+    assert chain[0]["steps"][-1]["T"] == done["T"] and all(e["problem"] is None for e in chain)
     html, md = write_report(out)
     text = md.read_text()
     table = text.split("## Sweep of search: val_acc\n\n")[1].split("\n\n")[0].splitlines()

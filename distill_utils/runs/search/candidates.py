@@ -13,20 +13,34 @@ from dataclasses import dataclass
 from distill_utils.runs.search.space import SPACE
 
 __all__ = ["Context", "context", "complete_choice", "build_candidate", "measure_cost", "train_candidate",
-           "trial_choice", "load_model", "save_model"]
+           "trial_choice", "load_model", "save_model", "lineage_of"]
 
 
-# The two calls into provenance.checkpoints, kept here so that one place follows its format.
-def load_model(path):
-    """The model of a checkpoint file (a teacher, or a trial's model)."""
+# The calls into provenance, kept here so that one place follows the checkpoint format.
+def load_model(path) -> tuple:
+    """``(model, manifest)`` of a checkpoint file (a teacher, or a trial's model)."""
     from distill_utils.provenance.checkpoints import load_checkpoint
-    return load_checkpoint(path)[0]
+    return load_checkpoint(path)
 
 
-def save_model(model, path, trial: int) -> None:
-    """Save a trial's trained model as a checkpoint that names its trial."""
+def save_model(model, path, trial: int, lineage=None) -> None:
+    """Save a trial's trained model as a checkpoint that names its trial (and, with ``lineage``, its origin)."""
     from distill_utils.provenance.checkpoints import save_checkpoint
-    save_checkpoint(model, path, metadata={"trial": trial})
+    save_checkpoint(model, path, metadata={"trial": trial}, lineage=lineage)
+
+
+def lineage_of(choice: dict, ctx: Context):
+    """Where a trained candidate comes from: the teacher (pruned, or a fresh student), then distillation."""
+    from distill_utils.provenance.lineage import Lineage, file_ref
+    teacher = file_ref(ctx.teacher_manifest)
+    if choice["model"] == "pruned_teacher":
+        start = Lineage.of(ctx.teacher_manifest).then("prune_channels", amount=list(choice["prune_ratios"]),
+                                                      criterion=choice["criterion"])
+    else:
+        start = Lineage().then("build_model", name=choice["model"], width=choice["student_width"])
+    return start.then("distill", teacher=teacher, loss=choice["loss"], T=choice["T"], alpha=choice["alpha"],
+                      epochs=choice["epochs"], lr=choice["lr"], batch_size=ctx.config["batch_size"],
+                      images=len(ctx.train), seed=ctx.config["seed"])
 
 
 @dataclass
@@ -38,6 +52,7 @@ class Context:
     test: object
     teacher: object
     num_classes: int
+    teacher_manifest: dict | None = None  # the teacher file's manifest: what a trial's lineage names
 
 
 def context(config: dict) -> Context:
@@ -53,8 +68,8 @@ def context(config: dict) -> Context:
     train = ds.train
     if config["train_images"] and config["train_images"] < len(train):
         train = train.subset(config["train_images"], seed=config["seed"])
-    teacher = load_model(config["teacher"]) if config["teacher"] else load_pretrained()[0]
-    return Context(config, train, ds.val, ds.test, teacher.eval(), ds.num_classes)
+    teacher, manifest = load_model(config["teacher"]) if config["teacher"] else load_pretrained()
+    return Context(config, train, ds.val, ds.test, teacher.eval(), ds.num_classes, manifest)
 
 
 def complete_choice(choice: dict, config: dict, teacher=None) -> dict:

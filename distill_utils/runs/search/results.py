@@ -118,7 +118,7 @@ def study_summary(out, storage=None, name: str | None = None, seeds=()) -> dict:
     front, retrain_seconds = [], 0.0
     for _, row in df[df.pareto].sort_values(config["cost"]).iterrows():
         trial_dir = Path(df.attrs["out"]) / f"trial-{int(row.trial):04d}"
-        model = candidates.load_model(trial_dir / "model.safetensors")
+        model = candidates.load_model(trial_dir / "model.safetensors")[0]
         entry = {"trial": int(row.trial), "val_acc": round(float(row.val_acc), 4),
                  "test_acc": round(evaluate(model, ctx.test, precision="fp32"), 4),
                  **{k: int(row[k]) for k in ("params", "flops", "epochs_run")}}

@@ -227,7 +227,7 @@ class Objective:
             trial.set_user_attr(k, v)
         result = candidates.train_candidate(full, ctx, on_epoch=on_epoch, model=model, cost=cost)
         candidates.save_model(result["model"], self.options.out / f"trial-{trial.number:04d}" / "model.safetensors",
-                              trial.number)
+                              trial.number, candidates.lineage_of(full, ctx))
         metrics = {"val_acc": result["val_acc"], "val_acc_curve": result["val_acc_curve"], **cost,
                    "epochs_run": len(result["val_acc_curve"])}
         for k, v in metrics.items():
