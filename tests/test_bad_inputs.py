@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_helpers import as_format_1, rewrite_manifest
+from checkpoint_helpers import as_format_1, rewrite_manifest, tiny_onnx
 
 from conftest import make_idx_dataset, write_notebook
 from distill_utils import data
 from distill_utils.common import files as _io
 from distill_utils.data import DataError, Split
+from distill_utils.deploy import DeployError
 from distill_utils.models import build_model
 from distill_utils.provenance import pretrained
 from distill_utils.provenance.checkpoints import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
@@ -672,3 +673,486 @@ def test_sweep_runs_are_keyed_by_all_their_parameters(tmp_path):
     assert {run: (out / run / "names.record.json").read_text() for run in df.run} == first  # the old runs are kept
     df3 = sweep(nb, {"name": ["a/b", "a_b"]}, {"k": 1}, seeds=[0], out=out, workers=2, progress=False)
     assert sorted(df3.run) == sorted(df.run) and len((out / "executions.log").read_text().splitlines()) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Round 3 (issue 24). Every case checks the one clear message and that no file already there
+# changed (its bytes before and after).
+
+def snapshot(*paths):
+    """``{path: bytes}`` of every file under ``paths`` (files or folders): to show that nothing changed."""
+    files = [f for p in map(Path, paths) for f in ([p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else [])]
+    return {f: f.read_bytes() for f in files if f.is_file() and not f.name.endswith(".lock")}
+
+
+def disk_full(monkeypatch, after: int = 0):
+    """Every fsync after the first ``after`` fails as a full disk does."""
+    calls, real = [], os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) > after:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+    monkeypatch.setattr(_io.os, "fsync", fsync)
+
+
+def header_of(path):
+    blob = path.read_bytes()
+    n = struct.unpack("<Q", blob[:8])[0]
+    return json.loads(blob[8:8 + n]), blob[8 + n:]
+
+
+def with_header(path, header, body, pad=True):
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8 if pad else 0)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + body)
+
+
+# Class 1: the hash and the signature cover every byte the loader interprets
+def signed(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_SIGNING_KEY", KEY)
+    net = model()
+    with torch.no_grad():
+        net.classifier[4].bias.copy_(torch.arange(10.0))
+    return save_checkpoint(net, tmp_path / "m.safetensors")
+
+
+def swap_two_tensors(header):
+    a, b = "classifier.4.bias", "features.0.1.bias"  # the same dtype and shape, different values
+    header[a]["data_offsets"], header[b]["data_offsets"] = header[b]["data_offsets"], header[a]["data_offsets"]
+
+
+def change_a_dtype(header):
+    header["classifier.4.bias"]["dtype"] = "I32"
+
+
+@pytest.mark.parametrize("edit", [swap_two_tensors, change_a_dtype], ids=["swapped-byte-ranges", "changed-dtype"])
+def test_an_edited_tensor_table_of_a_signed_file_is_refused(tmp_path, monkeypatch, edit):
+    path = signed(tmp_path, monkeypatch)
+    header, body = header_of(path)
+    edit(header)
+    with_header(path, header, body)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="SHA-256 of the tensor table and tensors in .*m.safetensors .*modified"):
+        load_checkpoint(path)
+    from distill_utils import __main__ as cli
+    assert cli.main(["verify", str(path)]) == 1
+    assert snapshot(tmp_path) == before
+
+
+def test_a_recomputed_content_hash_breaks_the_signature(tmp_path, monkeypatch):
+    from distill_utils.provenance.format import META_KEY, content_sha256
+    path = signed(tmp_path, monkeypatch)
+    header, body = header_of(path)
+    swap_two_tensors(header)
+    manifest = json.loads(header.pop("__metadata__")[META_KEY])
+    manifest["content_sha256"] = content_sha256(header, body)  # a forger who knows the format, not the key
+    header["__metadata__"] = {META_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":"))}
+    with_header(path, header, body)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="the signature of m.safetensors does not match"):
+        load_checkpoint(path)
+    assert snapshot(tmp_path) == before
+
+
+def test_extra_bytes_in_a_header_are_refused(tmp_path, monkeypatch):
+    path = signed(tmp_path, monkeypatch)
+    header, body = header_of(path)
+    header["__metadata__"]["note"] = "not written by save_checkpoint"
+    with_header(path, header, body)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="header of .*m.safetensors is not the one save_checkpoint writes"):
+        load_checkpoint(path)
+    assert snapshot(tmp_path) == before
+
+
+def as_format_2(path):
+    """Rewrite a (format 3) checkpoint as format 2 wrote it: the hash of the tensor bytes only."""
+    from distill_utils.provenance.format import META_KEY
+    header, body = header_of(path)
+    manifest = json.loads(header.pop("__metadata__")[META_KEY])
+    for k in ("content_sha256", "signature"):
+        manifest.pop(k, None)
+    manifest.update(format_version=2, tensors_sha256=hashlib.sha256(body).hexdigest())
+    header["__metadata__"] = {META_KEY: json.dumps(manifest, sort_keys=True, separators=(",", ":"))}
+    with_header(path, header, body)
+    path.with_suffix(".json").unlink()
+
+
+def test_a_format_2_file_loads_without_a_key_and_is_re_saved_to_be_signed(tmp_path, monkeypatch):
+    from distill_utils import __main__ as cli
+    path = saved(tmp_path)
+    as_format_2(path)
+    net, manifest = load_checkpoint(path)  # old files still load
+    assert manifest["format_version"] == 2 and manifest["verified"] == "no key"
+    monkeypatch.setenv("DISTILL_SIGNING_KEY", KEY)
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="format-2 checkpoint.*leave out the tensor table.*utils sign PATH"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, allow_unverified=True)[1]["verified"] == "unverified"
+    assert snapshot(tmp_path) == before
+    assert cli.main(["sign", str(path)]) == 0
+    again, manifest = load_checkpoint(path)
+    assert manifest["format_version"] == 3 and manifest["verified"] == "signed"
+    assert same_state(again.state_dict(), net.state_dict())
+
+
+def test_a_non_ascii_signature_value_is_a_mismatch_not_a_crash(tmp_path, monkeypatch):
+    path = signed(tmp_path, monkeypatch)
+    rewrite_manifest(path, signature={"alg": "HMAC-SHA256", "key_id": "x", "value": "é" * 64})
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="the signature of m.safetensors does not match"):
+        load_checkpoint(path)
+    assert snapshot(tmp_path) == before
+
+
+# Class 2: what a user already has is never lost
+def test_a_full_disk_leaves_the_readme_whole_and_says_so(tmp_path, monkeypatch, capsys):
+    from distill_utils import __main__ as cli
+    from distill_utils.readme import writer
+    readme = tmp_path / "README.md"
+    start, end = "<!-- reference kd: start (python -m distill_utils reference --readme) -->", \
+        "<!-- reference kd: end -->"
+    text = (REPO / "README.md").read_text()
+    assert start in text and end in text
+    readme.write_text(text.split(start)[0] + start + "\nstale table\n" + end + text.split(end)[1])
+    monkeypatch.setattr(writer, "README", readme)
+    before = snapshot(tmp_path)
+    disk_full(monkeypatch)
+    assert cli.main(["reference", "--readme"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"FAIL: cannot write {readme}: disk full: nothing was changed") and err.count("\n") == 1
+    assert snapshot(tmp_path) == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_full_disk_leaves_the_shipped_teacher_whole(tmp_path, monkeypatch, capsys):
+    from distill_utils import __main__ as cli
+    from distill_utils.runs import experiments
+    shipped = tmp_path / "pretrained"
+    shipped.mkdir()
+    shipped_copy(shipped)
+    made = tmp_path / "made"
+    save_checkpoint(model(), made / "teacher.safetensors")
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", shipped)
+    monkeypatch.setattr(experiments, "run_sequence", lambda *args, **kwargs: made)  # notebook 01 has run
+    before = snapshot(shipped)
+    disk_full(monkeypatch, after=1)  # the new weights are written; the disk fills with the manifest
+    assert cli.main(["pretrained"]) == 1
+    assert "disk full: nothing was changed" in capsys.readouterr().err
+    assert snapshot(shipped) == before and not list(shipped.glob(".*.tmp"))
+
+
+def test_outputs_never_land_on_a_source_notebook(tmp_path, capsys):
+    from distill_utils import __main__ as cli
+    nb = tiny(tmp_path)
+    before = snapshot(REPO / "notebooks", tmp_path)
+    assert cli.main(["run", "00", "--out", str(REPO / "notebooks")]) == 2
+    assert "the executed copy of 00_setup.ipynb would replace the notebook itself" in capsys.readouterr().err
+    assert cli.main(["run", str(nb), "--out", str(tmp_path)]) == 2
+    assert "the executed copy of tiny.ipynb would replace the notebook itself" in capsys.readouterr().err
+    assert snapshot(REPO / "notebooks", tmp_path) == before
+
+
+def test_several_files_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text("old a")
+    b.write_text("old b")
+    disk_full(monkeypatch, after=1)
+    with pytest.raises(OSError, match="disk full: nothing was changed") as err:
+        _io.atomic_write_files({a: b"new a", b: b"new b"})
+    assert err.value.errno == errno.ENOSPC
+    assert (a.read_text(), b.read_text()) == ("old a", "old b") and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_folder_where_a_file_goes_is_named(tmp_path):
+    state = tmp_path / "state.pt"
+    (state / "keep").mkdir(parents=True)
+    with pytest.raises(OSError, match="state.pt is a folder; name a file to write"):
+        fit(model(), split(), epochs=1, batch_size=32, progress=False, state_file=state)
+    assert (state / "keep").is_dir()
+
+
+# Class 3: a record or a folder is continued only with the values it was made with
+def fake_reference_run(notebooks, out, params):
+    out.mkdir(parents=True)
+    (out / "03_knowledge_distillation.record.json").write_text(json.dumps(
+        {"parameters": {**params, "out_dir": str(out)}, "metrics": {"distilled_test_acc": 0.9}}))
+    return out
+
+
+def test_reference_resumed_after_the_parameter_file_changed_is_refused(tmp_path, monkeypatch):
+    from distill_utils.runs import reference
+    monkeypatch.setattr(reference, "run_sequence", fake_reference_run)
+    full = tmp_path / "full.yaml"
+    full.write_text("epochs: 15\n")
+    folder = tmp_path / "ref"
+    reference.run_reference(["03"], [0], folder=folder, work=tmp_path / "work", params_file=full)
+    full.write_text("epochs: 20\n")
+    before = snapshot(folder)
+    with pytest.raises(ValueError, match=r"03_knowledge_distillation.json was made with other values than now "
+                                         r"\(epochs: 15 there, 20 now\); its seeds 0 would be mixed"):
+        reference.run_reference(["03"], [0, 1], folder=folder, work=tmp_path / "work", params_file=full)
+    assert snapshot(folder) == before
+    record = reference.load("03_knowledge_distillation", folder)
+    with pytest.raises(ValueError, match="epochs: 15 there, 20 now.*seed 1 ran with other values"):
+        reference.add_seed(record, 1, {"parameters": {"epochs": 20}, "metrics": {}}, 1.0)
+
+
+# Class 4: every file a user gives is read within bounds
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    from distill_utils import __main__ as cli
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)  # 9**9 = 387 million strings once expanded
+    before = snapshot(tmp_path)
+    out = capped(f"""
+        import time
+        from distill_utils.runs.params import read_parameter_file
+        start = time.perf_counter()
+        try:
+            read_parameter_file({str(bomb)!r})
+        except ValueError as err:
+            print(err, time.perf_counter() - start < 5)
+        """, cap_mib=256, timeout=60)
+    assert "bomb.yaml is not valid YAML: an alias (*a) is not allowed here" in out and out.strip().endswith("True")
+    assert cli.main(["run", "00", "-f", str(bomb), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "an alias (*a) is not allowed here" in err and err.count("\n") == 1 and len(err) < 300
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("text, message", [
+    ("x: " + "[" * 200 + "]" * 200 + "\n", "nested more than 64 levels deep"),
+    ("x: !!python/object/apply:os.system ['touch pwned']\n", "could not determine a constructor"),
+], ids=["deep-nesting", "python-tag"])
+def test_parameter_files_are_parsed_safely(tmp_path, text, message):
+    from distill_utils.runs.params import read_parameter_file
+    params = tmp_path / "p.yaml"
+    params.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_parameter_file(params)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
+def test_records_are_regular_files_only(tmp_path, kind):
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    record = folder / "03_knowledge_distillation.json"
+    if kind == "fifo":
+        os.mkfifo(record)
+    elif kind == "dev-zero":
+        record.symlink_to("/dev/zero")
+    else:
+        record.mkdir()
+    out = capped(f"""
+        from distill_utils.runs import reference, experiments
+        try:
+            reference.load("03_knowledge_distillation", {str(folder)!r})
+        except ValueError as err:
+            print(err)
+        problems = []
+        print(experiments.read_record({str(record)!r}, problems), problems)
+        """, timeout=60)
+    what = {"fifo": "a FIFO (named pipe)", "dev-zero": "a device", "folder": "a folder"}[kind]
+    assert out.count(f"is {what}, not a regular file") == 2, out
+    assert "reference record" in out and "delete it and rerun" in out
+
+
+def test_a_malformed_reference_record_is_named(tmp_path):
+    from distill_utils.runs import reference
+    record = tmp_path / "03_knowledge_distillation.json"
+    record.write_text(json.dumps({"seeds": {"0": {"metrics": [0.9]}}}))
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=f"reference record {record} is malformed \\(seed 0 has no metrics mapping\\)"):
+        reference.load("03_knowledge_distillation", tmp_path)
+    assert snapshot(tmp_path) == before
+
+
+def test_deeply_nested_json_in_a_manifest_is_one_line(tmp_path):
+    path = saved(tmp_path)
+    as_format_1(path)
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps(manifest)[:-1] + ', "deep": ' + "[" * 100000 + "]" * 100000 + "}")
+    before = snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="nests lists or objects more than 64 levels deep"):
+        load_checkpoint(path)
+    assert snapshot(tmp_path) == before
+
+
+def test_an_onnx_file_is_sized_before_it_is_read(tmp_path):
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as f:
+        f.truncate(3 << 30)  # sparse: 3 GiB that nothing should read
+    out = capped(f"""
+        from distill_utils import deploy
+        try:
+            deploy.predict_onnx({str(big)!r}, torch.zeros(1, 1, 2, 2))
+        except deploy.DeployError as err:
+            print(err)
+        """, cap_mib=512, timeout=60)
+    assert "big.onnx is 3,221,225,472 bytes, more than an ONNX file can be" in out
+
+
+def test_deeply_nested_json_in_onnx_metadata_is_a_broken_link(tmp_path, capsys):
+    from distill_utils import __main__ as cli
+    path = tiny_onnx(tmp_path / "m.onnx", meta={"parent": json.loads("[" * 500 + "]" * 500)})
+    before = snapshot(tmp_path)
+    assert cli.main(["lineage", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "its lineage record is malformed" in captured.out and "Traceback" not in captured.err
+    assert snapshot(tmp_path) == before
+
+
+# Class 5: ONNX files are checked like checkpoints
+def test_onnx_files_naming_each_other_end_the_lineage_walk(tmp_path, capsys):
+    from distill_utils import __main__ as cli
+    from distill_utils.provenance.lineage import lineage_chain
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    tiny_onnx(a, meta={"parent": {"sha256": "x", "path": str(b)}, "steps": []})
+    tiny_onnx(b, meta={"parent": {"sha256": "y", "path": str(a)}, "steps": []})
+    before = snapshot(tmp_path)
+    assert [e["path"] for e in lineage_chain(a)] == [str(a), str(b), str(a)]
+    assert cli.main(["lineage", str(a)]) == 1 and "link(s) of the lineage are broken" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+def tamper(path):
+    import onnx
+    proto = onnx.load(path)
+    proto.graph.initializer[0].raw_data = bytes(len(proto.graph.initializer[0].raw_data))  # zero weights
+    onnx.save(proto, path)
+
+
+def test_a_tampered_signed_onnx_file_is_not_run_or_quantized(tmp_path, monkeypatch, capsys):
+    from distill_utils import __main__ as cli
+    from distill_utils import deploy
+    monkeypatch.setenv("DISTILL_SIGNING_KEY", KEY)
+    path = tiny_onnx(tmp_path / "m.onnx")
+    assert deploy.predict_onnx(path, torch.ones(1, 1, 2, 2)).shape == (1, 3)  # signed: it runs
+    tamper(path)
+    before = snapshot(tmp_path)
+    for call in (lambda: deploy.predict_onnx(path, torch.ones(1, 1, 2, 2)),
+                 lambda: deploy.evaluate_onnx(path, Split(torch.ones(2, 1, 2, 2), torch.zeros(2, dtype=torch.long))),
+                 lambda: deploy.quantize_int8(path, tmp_path / "m_int8.onnx", method="dynamic")):
+        with pytest.raises(DeployError, match="the signature of m.onnx does not match: the file changed after signing"):
+            call()
+    assert cli.main(["verify", str(path)]) == 1 and "signature of m.onnx does not match" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before  # no int8 file re-signed from it
+    sess = deploy.session(path, allow_unverified=True)  # the caller's choice, said out loud
+    assert deploy.predict_onnx(path, torch.ones(1, 1, 2, 2), sess=sess).tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_an_unsigned_onnx_file_with_a_key_configured_is_refused(tmp_path, monkeypatch):
+    from distill_utils import deploy
+    path = tiny_onnx(tmp_path / "m.onnx")
+    monkeypatch.setenv("DISTILL_SIGNING_KEY", KEY)
+    before = snapshot(tmp_path)
+    with pytest.raises(DeployError, match="m.onnx is not signed, and a signing key is configured: export it again"):
+        deploy.predict_onnx(path, torch.ones(1, 1, 2, 2))
+    assert snapshot(tmp_path) == before
+
+
+def test_quantizing_an_int8_file_or_onto_its_source_is_refused(tmp_path):
+    from distill_utils import deploy
+    fp32 = tiny_onnx(tmp_path / "m.onnx")
+    good = deploy.quantize_int8(fp32, tmp_path / "m_int8.onnx", method="dynamic")
+    int8 = tiny_onnx(tmp_path / "q.onnx", int8=True)
+    before = snapshot(tmp_path)
+    with pytest.raises(DeployError, match="q.onnx is already int8 \\(DequantizeLinear, QuantizeLinear in it\\)"):
+        deploy.quantize_int8(int8, good, method="dynamic")
+    with pytest.raises(DeployError, match="m_int8.onnx is already int8 .*quantize its fp32 file .*m.onnx"):
+        deploy.quantize_int8(good, tmp_path / "twice.onnx", method="dynamic")
+    with pytest.raises(DeployError, match="m.onnx is the fp32 file being quantized; write the int8 model to another"):
+        deploy.quantize_int8(fp32, fp32, method="dynamic")
+    assert snapshot(tmp_path) == before
+
+
+def test_an_opset_the_exporter_does_not_write_is_refused(tmp_path):
+    from distill_utils import deploy
+    old = tiny_onnx(tmp_path / "m.onnx")
+    before = snapshot(tmp_path)
+    for opset in (99, "20", 17):
+        with pytest.raises(DeployError, match=f"opset = {opset!r}: the exporter writes ONNX opsets 18 to"):
+            deploy.export_onnx(model(), old, opset=opset)
+    assert snapshot(tmp_path) == before
+
+
+# Class 6: evidence never states a verdict it cannot compute
+@pytest.mark.parametrize("a, b, kwargs, message", [
+    ({0: 1e308, 1: -1e308, 2: 1e308}, {0: -1e308, 1: 1e308, 2: -1e308}, {"scale": 1.0}, None),
+    ({0: 0.9, 1: 0.9, 2: 0.9}, {0: 0.8, 1: 0.8, 2: 0.8}, {"higher_is_better": "no"},
+     "higher_is_better must be True or False, got 'no'"),
+    ({0: 0.9, "0": 0.5, 1: 0.9}, {0: 0.8, 1: 0.8}, {}, "seed 0 is given twice \\(as 0 and '0'\\); give each seed once"),
+    ({0: 1e307, 1: 0.9}, {0: 0.8, 1: 0.8}, {}, "seed 0 has the non-finite value inf"),
+], ids=["overflow", "higher-is-better-a-string", "seed-0-and-'0'", "overflow-once-scaled"])
+def test_evidence_refuses_what_it_cannot_compare(a, b, kwargs, message):
+    from distill_utils.runs.evidence import compare
+    given = (dict(a), dict(b))
+    if message is None:
+        result = compare(a, b, "A", "B", **kwargs)
+        assert result.verdict == "cannot compare" and "nan" not in result.sentence()
+        assert result.sentence().startswith("cannot compare A with B: their seed differences overflow")
+    else:
+        with pytest.raises(ValueError, match=message):
+            compare(a, b, "A", "B", **kwargs)
+    assert (a, b) == given
+
+
+# Class 7: each case the issue saw is one clear line
+def test_a_fixed_batch_onnx_model_is_evaluated_in_its_own_batches(tmp_path):
+    from distill_utils import deploy
+    path = tiny_onnx(tmp_path / "fixed.onnx", batch=2)
+    dynamic = tiny_onnx(tmp_path / "dynamic.onnx")
+    x = torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    np_close = deploy.predict_onnx(path, x) - deploy.predict_onnx(dynamic, x)
+    assert abs(np_close).max() < 1e-6  # 5 images in batches of 2, the last one padded
+    with pytest.raises(DeployError, match="fixed.onnx takes a fixed batch of 2 image\\(s\\), not 5: use batch_size=2"):
+        deploy.latency_onnx(path, batch_size=5, repeats=1, warmup=0)
+
+
+def test_quantize_settings_of_the_wrong_type_are_named(tmp_path):
+    from distill_utils import deploy
+    path = tiny_onnx(tmp_path / "m.onnx")
+    before = snapshot(tmp_path)
+    with pytest.raises(DeployError, match="images must be a positive integer .*got '64'"):
+        deploy.quantize_int8(path, tmp_path / "q.onnx", split(), images="64")
+    with pytest.raises(DeployError, match="per_channel must be True or False, got 'yes'"):
+        deploy.quantize_int8(path, tmp_path / "q.onnx", method="dynamic", per_channel="yes")
+    assert snapshot(tmp_path) == before
+
+
+def test_lineage_reads_an_onnx_file_whatever_its_suffix_case(tmp_path, capsys):
+    from distill_utils import __main__ as cli
+    path = tiny_onnx(tmp_path / "M.ONNX")
+    assert cli.main(["lineage", str(path)]) == 0
+    assert "export_onnx(opset=20)" in capsys.readouterr().out
+
+
+def test_workers_beyond_the_cores_warn_and_an_unreachable_scheduler_is_found_at_once(tmp_path, capsys):
+    import time
+
+    from distill_utils import __main__ as cli
+    nb = tiny(tmp_path)
+    cores = os.cpu_count()
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", str(nb), "-p", "lr", "{a", "--workers", str(cores + 62), "--out", str(out)]) == 2
+    assert f"warning: --workers {cores + 62} on {cores} CPU cores" in capsys.readouterr().err
+    start = time.perf_counter()
+    for command in (["sweep", str(nb), "--scheduler", "tcp://127.0.0.1:1"],
+                    ["search", "--trials", "1", "--scheduler", "tcp://127.0.0.1:1", "--out", str(out)]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("FAIL: cannot reach the Dask scheduler at 'tcp://127.0.0.1:1'") and err.count("\n") == 1
+    assert time.perf_counter() - start < 10 and not out.exists()
+
+
+def test_a_summary_path_that_is_a_folder_is_refused_before_the_study(tmp_path, capsys):
+    from distill_utils import __main__ as cli
+    out = tmp_path / "study"
+    assert cli.main(["search", "--trials", "1", "--summary", str(tmp_path), "--out", str(out)]) == 2
+    assert f"--summary {tmp_path} is a folder" in capsys.readouterr().err and not out.exists()

@@ -59,7 +59,8 @@ def read_limited(path, limit: int, what: str = "file") -> bytes:
     with f:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
-            raise ReadRefused(f"{path} is {size:,} bytes, more than a {what} can be ({limit:,}); "
+            article = "an" if what[:1].lower() in "aeio" or what.startswith("ONNX") else "a"
+            raise ReadRefused(f"{path} is {size:,} bytes, more than {article} {what} can be ({limit:,}); "
                               "it is not the file it should be")
         data = f.read(limit + 1)
     if len(data) > limit:  # it grew while we read

@@ -46,9 +46,10 @@ def load(notebook: str, folder=None) -> dict | None:
         record = read_json(path, MAX_RECORD, "reference record")
     except FileNotFoundError:
         return None
-    except (OSError, ReadRefused) as err:
-        raise ValueError(f"reference record {path} is unreadable ({getattr(err, 'strerror', None) or err}); "
-                         f"{fix}") from None
+    except ReadRefused as err:  # not a regular file, too large, not JSON, nested too deeply
+        raise ValueError(f"{err}; {fix}") from None
+    except OSError as err:
+        raise ValueError(f"reference record {path} is unreadable ({err.strerror or err}); {fix}") from None
     if not isinstance(record, dict) or not isinstance(record.get("seeds"), dict) or not record["seeds"]:
         return None
     problem = _malformed(record)
