@@ -337,6 +337,8 @@ def load_dataset(name: str = "fashion_mnist", root="data", download: bool = Fals
     if isinstance(name, str) and name.startswith("folder:"):
         from distill_utils.folders import load_folder  # folders builds on this module
         return with_val(load_folder(name, folder), val_size, seed)
+    if folder is not None:
+        raise ValueError(f"folder options are for datasets named folder:PATH, not {name!r}")
     return with_val(_load_builtin(name, root, download), val_size, seed)
 
 

@@ -331,13 +331,16 @@ def test_the_dataset_parameter_takes_a_folder(tmp_path):
     assert validate({**params, "dataset": f"folder:{tmp_path / 'pics'}"}) == {"dataset": f"folder:{tmp_path / 'pics'}"}
     assert validate({**params, "dataset": "cifar10"}) == {"dataset": "cifar10"}
     for value, message in ((f"folder:{tmp_path / 'nope'}", "nope, which is not a folder"),
-                           ("folder:", "names no folder"), ("fashion", "must be one of cifar10.*or folder:PATH")):
+                           ("folder:", "names no folder"), ("fashion", "must be one of cifar10.*or folder:PATH"),
+                           (["cifar10"], "must be str")):
         with pytest.raises(ParameterError, match=message):
             validate({**params, "dataset": value})
 
 
 def test_bad_folder_options_are_named():
     with pytest.raises(ValueError, match="FolderOptions: size must be an integer >= 8 or None; channels must be 1"):
-        FolderOptions(size=4, channels=2).check()
+        FolderOptions(size=4, channels=2)
     with pytest.raises(ValueError, match="test_fraction must be a number between 0 and 1"):
-        load_dataset("folder:/tmp", folder=FolderOptions(test_fraction=1.0))
+        FolderOptions(test_fraction=1.0)
+    with pytest.raises(ValueError, match="folder options are for datasets named folder:PATH, not 'mnist'"):
+        load_dataset("mnist", folder=FolderOptions())

@@ -41,6 +41,9 @@ class FolderOptions:
     flip: bool = True                # augmentation: random horizontal flips
     crop_pad: int | None = None      # augmentation: random crops after padding by this (None: size // 8)
 
+    def __post_init__(self):
+        self.check()
+
     def check(self) -> None:
         def whole(v, low):
             return not isinstance(v, bool) and isinstance(v, int) and v >= low
@@ -171,7 +174,8 @@ def load_folder(name, options: FolderOptions | None = None) -> Dataset:
     """An image folder as a ``Dataset`` (same API as the built-in ones), from its cache when the
     folder and the settings are unchanged. ``name``: ``"folder:PATH"`` or a path. Notebook 01."""
     opts = options or FolderOptions()
-    opts.check()
+    if not isinstance(opts, FolderOptions):
+        raise TypeError(f"options must be a FolderOptions, got {type(opts).__name__}")
     name = str(name) if str(name).startswith(folder_scan.PREFIX) else folder_scan.PREFIX + str(name)
     scan = folder_scan.scan_folder(folder_scan.folder_path(name))
     settings = {"layout": scan.layout, "size": opts.size, "channels": opts.channels, "skip_bad": opts.skip_bad,

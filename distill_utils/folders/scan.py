@@ -46,7 +46,9 @@ def folder_path(name: str) -> Path:
 def dataset_problem(value) -> str | None:
     """The notebook parameter rule for ``dataset``: a built-in name or ``folder:PATH`` of an
     existing folder (notebook 01)."""
-    if isinstance(value, str) and value.startswith(PREFIX):
+    if not isinstance(value, str):
+        return f"must be a string (a dataset name or folder:PATH), got {type(value).__name__}"
+    if value.startswith(PREFIX):
         path = folder_path(value)
         if not value[len(PREFIX):].strip():
             return "names no folder: write folder:PATH, e.g. folder:~/my_photos"
@@ -69,13 +71,12 @@ def _class_folders(directory: Path) -> list[str]:
 def _check_no_loop(directory: Path) -> None:
     """Refuse a folder that a symlink leads back into (os.walk would follow it ~40 times)."""
     seen = {}
-    for here, dirs, _ in os.walk(directory, followlinks=True):
+    for here, _, _ in os.walk(directory, followlinks=True):
         st = os.stat(here)
         if (st.st_dev, st.st_ino) in seen:
             raise DataError(f"{here} is {seen[(st.st_dev, st.st_ino)]} again (a symlink loop or a folder linked "
                             "twice); remove the link")
         seen[(st.st_dev, st.st_ino)] = here
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
 
 
 def _images(directory: Path, classes: list[str], ignored: list) -> list[tuple[str, int]]:
