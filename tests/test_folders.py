@@ -337,6 +337,15 @@ def test_the_dataset_parameter_takes_a_folder(tmp_path):
             validate({**params, "dataset": value})
 
 
+def test_a_relative_folder_is_made_absolute_for_a_runner_in_another_folder(tmp_path, monkeypatch):
+    from distill_utils.folders import absolute_name
+    monkeypatch.chdir(tmp_path)
+    assert absolute_name("folder:pics") == f"folder:{tmp_path / 'pics'}"
+    assert absolute_name("folder:pics", base="/data") == "folder:/data/pics"
+    assert absolute_name("folder:/abs/pics") == "folder:/abs/pics" and absolute_name("cifar10") == "cifar10"
+    assert absolute_name("folder:~/pics") == f"folder:{os.path.expanduser('~/pics')}"
+
+
 def test_bad_folder_options_are_named():
     with pytest.raises(ValueError, match="FolderOptions: size must be an integer >= 8 or None; channels must be 1"):
         FolderOptions(size=4, channels=2)

@@ -15,6 +15,7 @@ symlink loop) is a ``DataError`` of one line. A read-only folder is cached elsew
 warning says where.
 """
 from distill_utils.folders.load import FolderOptions, FolderWarning, load_folder
-from distill_utils.folders.scan import PREFIX, dataset_problem, scan_folder
+from distill_utils.folders.scan import PREFIX, absolute_name, dataset_problem, scan_folder
 
-__all__ = ["PREFIX", "FolderOptions", "FolderWarning", "dataset_problem", "load_folder", "scan_folder"]
+__all__ = ["PREFIX", "FolderOptions", "FolderWarning", "absolute_name", "dataset_problem", "load_folder",
+           "scan_folder"]

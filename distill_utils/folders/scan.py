@@ -18,8 +18,8 @@ from PIL import Image, UnidentifiedImageError
 from distill_utils.common.files import ReadRefused, open_regular
 from distill_utils.data import DATASETS, DataError
 
-__all__ = ["PREFIX", "BadImage", "Scan", "dataset_problem", "decode_image", "folder_path", "probe_image",
-           "scan_folder"]
+__all__ = ["PREFIX", "BadImage", "Scan", "absolute_name", "dataset_problem", "decode_image", "folder_path",
+           "probe_image", "scan_folder"]
 
 PREFIX = "folder:"
 SHOWN = 5               # file and class names shown in one message
@@ -41,6 +41,15 @@ class BadImage(Exception):
 
 def folder_path(name: str) -> Path:
     return Path(os.path.expanduser(name[len(PREFIX):]))
+
+
+def absolute_name(name, base=None) -> str:
+    """``folder:PATH`` with PATH made absolute against ``base`` (default: the current folder); any other
+    name unchanged. A runner that starts notebooks in another folder passes the learner's path so."""
+    if not isinstance(name, str) or not name.startswith(PREFIX):
+        return name
+    path = folder_path(name)
+    return PREFIX + str(path if path.is_absolute() else Path(base or Path.cwd()).absolute() / path)
 
 
 def dataset_problem(value) -> str | None:
