@@ -19,6 +19,7 @@ LAYERS = [
     ("measure", 5), ("plots", 5), ("widgets", 5),
     ("tasks", 6),                                                           # detection, transformers
     ("provenance", 7), ("deploy", 8), ("runs", 9), ("setup", 10), ("readme", 10),
+    ("exercises", 10), ("challenge", 10),                                   # checks of learners' code, the challenge
     ("__main__", 11), ("__init__", 0),
 ]
 
