@@ -63,7 +63,7 @@ def test_missing_records_say_how_to_make_them(tmp_path):
     assert reference.load("03_knowledge_distillation", tmp_path) is None
     assert "python -m distill_utils reference --only 03" in tables.kd_table(tmp_path)
     (tmp_path / "03_knowledge_distillation.json").write_text("{not json")
-    with pytest.raises(ValueError, match="unreadable.*delete it and rerun"):
+    with pytest.raises(ValueError, match="is not valid JSON.*delete it and rerun"):
         reference.load("03_knowledge_distillation", tmp_path)
 
 

@@ -239,6 +239,18 @@ def declared_parameters(notebook) -> dict:
     return pm.inspect_notebook(str(notebook))
 
 
+def default_values(declared: dict) -> dict:
+    """``{name: value}`` of the defaults in ``declared_parameters``' result that are literals (a default
+    computed from code is left out)."""
+    values = {}
+    for name, info in declared.items():
+        try:
+            values[name] = ast.literal_eval(str(info.get("default")))
+        except (ValueError, SyntaxError):
+            pass
+    return values
+
+
 def _section_of(key: str, stem: str) -> bool:
     return key == stem or stem.startswith(f"{key}_")
 

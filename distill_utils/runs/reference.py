@@ -15,7 +15,6 @@ them into the README's tables.
 """
 from __future__ import annotations
 
-import ast
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,13 +106,8 @@ def _parameters_for_seed(declared: set, seed: int) -> dict:
 def _expected(notebook, declared: dict, full: dict) -> dict:
     """The parameters a run of ``notebook`` with ``full`` records (its defaults, then the file's values),
     as ``add_seed`` keeps them; a default that is not a literal is left out."""
-    from distill_utils.runs.experiments import parameters_for
-    values = {}
-    for name, info in declared.items():
-        try:
-            values[name] = ast.literal_eval(str(info.get("default")))
-        except (ValueError, SyntaxError):
-            pass
+    from distill_utils.runs.experiments import default_values, parameters_for
+    values = default_values(declared)
     values.update({k: v for k, v in parameters_for(notebook, full).items() if k in declared})
     return {k: v for k, v in values.items() if k not in NOT_PARAMETERS}
 

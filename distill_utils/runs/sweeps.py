@@ -29,6 +29,7 @@ from distill_utils.runs.experiments import (
     check_parameter_names,
     check_values,
     declared_parameters,
+    default_values,
     mark_failed,
     parameters_for,
     read_record,
@@ -190,12 +191,6 @@ def sweep(notebook, grid: dict | None = None, fixed: dict | None = None, seeds=N
 
 def _defaults(declared: dict) -> dict:
     """The notebook's default parameter values (a record lists every parameter, given or not)."""
-    import ast
-    values = {}
-    for name, info in declared.items():
-        try:
-            values[name] = ast.literal_eval(str(info.get("default")))
-        except (ValueError, SyntaxError):
-            pass
+    values = default_values(declared)
     values.pop("out_dir", None)
     return values
