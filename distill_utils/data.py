@@ -319,9 +319,6 @@ def missing_message(name: str, root) -> str:
     return f"dataset {name!r} not found. Get it one of these ways:\n" + "\n".join(ways)
 
 
-_missing_message = missing_message  # the name notebook 00 calls until it calls missing_message
-
-
 def load_dataset(name: str = "fashion_mnist", root="data", download: bool = False,
                  val_size: int | float = 0, seed: int = 0, folder=None) -> Dataset:
     """Load a dataset into memory, normalised, as ``train``/``test`` (and ``val``) splits.
