@@ -1156,3 +1156,100 @@ def test_a_summary_path_that_is_a_folder_is_refused_before_the_study(tmp_path, c
     out = tmp_path / "study"
     assert cli.main(["search", "--trials", "1", "--summary", str(tmp_path), "--out", str(out)]) == 2
     assert f"--summary {tmp_path} is a folder" in capsys.readouterr().err and not out.exists()
+
+
+# Class 3 and 7 for the search: a study folder belongs to one study; its storage errors are one line
+SPACE = {"space": {"T": [1.0, 2.0]}}
+
+
+def search_cli(capsys, *argv):
+    from distill_utils import __main__ as cli
+    code = cli.main(["search", "--trials", "1", *map(str, argv)])
+    err = capsys.readouterr().err
+    fails = [line for line in err.splitlines() if line.startswith("FAIL: ")]
+    assert code == 2 and len(fails) == 1 and "Traceback" not in err, err
+    return fails[0]
+
+
+def test_a_study_folder_holds_one_study_and_follows_a_rename(tmp_path, capsys):
+    from distill_utils.runs.search.space import load_space
+    from distill_utils.runs.search.study import SearchOptions, open_study
+    config = load_space(SPACE)
+    first = tmp_path / "first"
+    first.mkdir()
+    open_study(config, SearchOptions(out=first))
+    (tmp_path / "space.yaml").write_text("space: {T: [1.0, 2.0]}\n")
+    before = snapshot(first)
+    message = search_cli(capsys, "--space", tmp_path / "space.yaml", "--out", first, "--study", "second")
+    assert f"{first} holds the study 'first', not 'second': a folder holds one study" in message
+    assert "--study first to continue it" in message and snapshot(first) == before
+    renamed = first.rename(tmp_path / "renamed")
+    study = open_study(config, SearchOptions(out=renamed))
+    assert study.study_name == "first" and study.user_attrs["space"] == config  # the same study continues
+    assert (renamed / "study.json").read_bytes() == before[first / "study.json"]
+
+
+def test_a_journal_from_before_study_json_keeps_its_study(tmp_path, capsys):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    old = tmp_path / "old"
+    old.mkdir()
+    optuna.create_study(storage=JournalStorage(JournalFileBackend(str(old / "study.journal"))), study_name="mine",
+                        directions=["maximize", "minimize"])
+    capsys.readouterr()  # Optuna's own log line
+    (tmp_path / "space.yaml").write_text("space: {T: [1.0, 2.0]}\n")
+    before = snapshot(old)
+    message = search_cli(capsys, "--space", tmp_path / "space.yaml", "--out", old, "--study", "other")
+    assert f"{old} holds the study 'mine', not 'other'" in message and snapshot(old) == before
+
+
+@pytest.mark.parametrize("journal", [b"\x00\xff garbage\n", b'{"a": 1}\n', b"[" * 100000 + b"\n"],
+                         ids=["garbage", "not-an-operation", "deep-nesting"])
+def test_a_damaged_study_journal_is_named(tmp_path, capsys, journal):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.journal").write_bytes(journal)
+    (tmp_path / "space.yaml").write_text("space: {T: [1.0, 2.0]}\n")
+    before = snapshot(out)
+    message = search_cli(capsys, "--space", tmp_path / "space.yaml", "--out", out)
+    assert f"the study journal {out / 'study.journal'} cannot be read" in message and "is damaged" in message
+    assert snapshot(out) == before
+
+
+def test_a_bad_storage_url_is_one_line_without_its_password(tmp_path, capsys):
+    (tmp_path / "space.yaml").write_text("space: {T: [1.0, 2.0]}\n")
+    for url, message in [("nonsense", "cannot open the study storage nonsense (ArgumentError"),
+                         ("postgresql://me:secret@127.0.0.1:1/db", "cannot open the study storage "
+                                                                    "postgresql://me:***@127.0.0.1:1/db")]:
+        fail_line = search_cli(capsys, "--space", tmp_path / "space.yaml", "--out", tmp_path / "o", "--storage", url)
+        assert message in fail_line and "secret" not in fail_line
+
+
+@pytest.mark.parametrize("text, message", [
+    ("space:\n  1: [a]\n  T: [2.0]\n", "space.1: a name must be text"),
+    ("yes: 1\nspace: {T: [1.0]}\n", "True: a name must be text"),
+    ("space: {T: {low: 1.0, high: 8.0, log: true, step: 1.0}}\n", "space.T: log and step together are not possible"),
+    (BOMB.replace("i: &i", "space: &i"), "an alias (*a) is not allowed here"),
+    ("space: " + "{a: " * 100 + "1" + "}" * 100 + "\n", "nested more than 64 levels deep"),
+], ids=["number-as-name", "yes-as-name", "log-and-step", "alias-bomb", "deep-nesting"])
+def test_search_spaces_are_read_safely_and_checked(tmp_path, capsys, text, message):
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    before = snapshot(tmp_path)
+    assert message in search_cli(capsys, "--space", space, "--out", tmp_path / "o")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_search_space_is_a_regular_file(tmp_path, kind):
+    space = tmp_path / "space.yaml"
+    os.mkfifo(space) if kind == "fifo" else space.symlink_to("/dev/zero")
+    out = capped(f"""
+        from distill_utils.runs.search.space import SpaceError, load_space
+        try:
+            load_space({str(space)!r})
+        except SpaceError as err:
+            print(err)
+        """, timeout=60)
+    assert f"is {'a FIFO (named pipe)' if kind == 'fifo' else 'a device'}, not a regular file" in out

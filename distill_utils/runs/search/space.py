@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
-
-import yaml
 
 from distill_utils.common import rules
+from distill_utils.common.files import ReadRefused, read_yaml
 from distill_utils.common.rules import did_you_mean
 from distill_utils.runs.params import RULES
 
@@ -85,6 +83,9 @@ def _range_problems(where: str, entry: dict, kind, rule) -> list[str]:
         problems.append(f"{where}: a log range needs low > 0, got {entry['low']}")
     if "step" in entry and (rules.type_error(entry["step"], kind) or entry["step"] <= 0):
         problems.append(f"{where}.step = {entry['step']!r} must be a positive {kind.__name__}")
+    elif "step" in entry and entry.get("log") is True:
+        problems.append(f"{where}: log and step together are not possible (a log range is sampled on a log scale, "
+                        "a step on an even grid); drop one")
     return problems
 
 
@@ -101,16 +102,29 @@ def _entry_problems(name: str, entry) -> list[str]:
     return [f"{where} = {v!r} {msg}" for v in values if (msg := _value_problem(v, kind, rule))][:1]
 
 
+MAX_SPACE = 1 << 20  # bytes of a search space file
+
+
 def _read(source) -> tuple[dict, str]:
     if isinstance(source, dict):
         return source, "the search space"
-    try:
-        raw = yaml.safe_load(Path(source).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise SpaceError(f"cannot read the search space {source}: {err}") from None
+    try:  # bounded, regular files only, no YAML aliases (one rule for every file a user gives)
+        raw = read_yaml(source, MAX_SPACE, "search space") or {}
+    except ReadRefused as err:
+        raise SpaceError(f"cannot read the search space: {err}") from None
+    except OSError as err:
+        raise SpaceError(f"cannot read the search space {source}: {err.strerror or err}") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{source} must be a mapping of settings plus a 'space:' section, got {type(raw).__name__}")
     return raw, str(source)
+
+
+def _names_problems(raw: dict) -> list[str]:
+    """Every name (a setting, a space entry, a range key) must be text: ``1:`` or ``yes:`` is a typo."""
+    space = raw.get("space") if isinstance(raw.get("space"), dict) else {}
+    maps = [("", raw), ("space.", space)] + [(f"space.{k}.", v) for k, v in space.items() if isinstance(v, dict)]
+    return [f"{where}{k!r}: a name must be text (quote it, or fix the typo)" for where, m in maps for k in m
+            if not isinstance(k, str)][:3]
 
 
 def _settings(raw: dict, problems: list) -> dict:
@@ -140,6 +154,8 @@ def load_space(source, **overrides) -> dict:
     """
     raw, where = _read(source)
     raw = {**raw, **overrides}
+    if problems := _names_problems(raw):  # before anything sorts or compares names
+        raise SpaceError(f"bad search space ({where}): " + "; ".join(problems))
     problems = []
     config = _settings(raw, problems)
     space = raw.get("space")

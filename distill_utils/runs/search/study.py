@@ -19,23 +19,37 @@ parameters are queued again (``requeue``; the new trial's ``retry_of`` names the
 ``search.workers`` finds such trials at once on this machine (lock files). On other machines:
 with a URL, Optuna's heartbeat (``RDBStorage(heartbeat_interval=..., grace_period=...,
 heartbeat_stale_trial_callback=Requeue(out))``); Optuna's journal file has no heartbeat, so
-``search.workers`` keeps one there. A folder made with a different space is refused.
+``search.workers`` keeps one there.
+
+A study folder belongs to one study: ``out/study.json`` keeps its name and its space's fingerprint
+(``open_study`` writes it). Running again without ``--study`` continues that study, even in a
+renamed folder; another study name or another space in the same folder is refused (they would
+write the same ``trial-NNNN`` folders and ``space.yaml``). A storage that cannot be opened (a
+damaged journal, a bad URL, a database that does not answer) is one ``StudyError`` line.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from distill_utils.common import rules
+from distill_utils.common.files import ReadRefused, atomic_write_json, read_json
 from distill_utils.runs.search.space import SPACE, SpaceError, difference, fingerprint
 
-__all__ = ["RECORD_NAME", "SearchOptions", "quiet_optuna", "open_study", "suggest", "stop_reason", "killed_trials",
-           "counted", "requeue", "sampler_seed"]
+__all__ = ["RECORD_NAME", "IDENTITY", "SearchOptions", "StudyError", "quiet_optuna", "open_study", "suggest",
+           "stop_reason", "killed_trials", "counted", "requeue", "sampler_seed"]
 
 RECORD_NAME = "search"  # every trial's record: out/trial-NNNN/search.record.json
+IDENTITY = "study.json"  # out/study.json: the one study (name, space fingerprint) a folder belongs to
+
+
+class StudyError(ValueError):
+    """A study folder or storage cannot be used for this study; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +114,57 @@ def _storage(options: SearchOptions):
                       heartbeat_stale_trial_callback=Requeue(options.out))
 
 
-def open_study(config: dict, options: SearchOptions, sampler=None):
-    """The study of ``config`` in ``options``' storage (created the first time); refuses another space's."""
+def _identity(options: SearchOptions, config: dict) -> SearchOptions:
+    """``options`` naming the study its folder belongs to (``out/study.json``); StudyError for another study.
+    A folder without one (new, or made by an older version) is claimed by ``open_study``."""
+    try:
+        held = read_json(options.out / IDENTITY, 4096, "study identity")
+    except FileNotFoundError:
+        return options
+    except (OSError, ReadRefused) as err:
+        raise StudyError(f"{options.out / IDENTITY} cannot be read ({getattr(err, 'strerror', None) or err}); it "
+                         "names the study this folder holds: restore it, or use another --out folder") from None
+    name = held.get("name") if isinstance(held, dict) else None
+    if not isinstance(name, str) or (options.name and options.name != name):
+        raise StudyError(f"{options.out} holds the study {name!r}, not {options.name!r}: a folder holds one study (its "
+                         f"trial folders and space.yaml). Use another --out folder, or --study {name} to continue it")
+    return dataclasses.replace(options, name=name)
+
+
+def _create(options: SearchOptions, sampler):
+    """``(study, options)``: Optuna's study in ``options``' storage and the options naming it (a journal
+    written before ``study.json`` names its one study); StudyError (one line) when the storage cannot be
+    opened or the journal holds another study."""
     import optuna
-    with quiet_optuna():
-        study = optuna.create_study(storage=_storage(options), study_name=options.study_name,
-                                    directions=["maximize", "minimize"], sampler=sampler, load_if_exists=True)
+    try:
+        with quiet_optuna():
+            storage = _storage(options)
+            if options.storage is None and not (options.out / IDENTITY).exists():
+                names = optuna.get_all_study_names(storage)
+                options = dataclasses.replace(options, name=options.name or (names[0] if len(names) == 1 else ""))
+                if names and options.study_name not in names:
+                    raise StudyError(f"{options.out} holds the study {names[0]!r}, not {options.study_name!r}: a "
+                                     "folder holds one study. Use another --out folder, or --study "
+                                     f"{names[0]} to continue it")
+            return optuna.create_study(storage=storage, study_name=options.study_name, sampler=sampler,
+                                       directions=["maximize", "minimize"], load_if_exists=True), options
+    except StudyError:
+        raise
+    except Exception as err:  # Optuna, SQLAlchemy and the database drivers raise many types, some bare
+        why = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        if options.storage is None:
+            raise StudyError(f"the study journal {options.out / 'study.journal'} cannot be read ({why}): it is damaged "
+                             "(a full disk, an edit). Move it away to start the study again") from None
+        shown = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", options.storage)  # never print a password
+        raise StudyError(f"cannot open the study storage {shown} ({why}); check the URL (e.g. "
+                         "postgresql://user@host/db), that the database answers, and that its driver is installed") \
+            from None
+
+
+def open_study(config: dict, options: SearchOptions, sampler=None):
+    """The study of ``config`` in ``options``' storage (created the first time), named by the folder when
+    ``options`` name none; refuses another study's folder or another space's (notebook 10)."""
+    study, options = _create(_identity(options, config), sampler)
     old = study.user_attrs.get("space")
     if old is None:
         study.set_user_attr("space", config)
@@ -114,6 +173,12 @@ def open_study(config: dict, options: SearchOptions, sampler=None):
         out = options.out
         raise SpaceError(f"{out} holds a study of a different search space ({difference(old, config)}). Use another "
                          f"--out folder, or the space it was made with (saved as {out / 'space.yaml'})")
+    identity = {"name": options.study_name, "fingerprint": fingerprint(config)}
+    if not (options.out / IDENTITY).exists():
+        atomic_write_json(options.out / IDENTITY, identity)
+    elif read_json(options.out / IDENTITY, 4096, "study identity") != identity:  # e.g. a new journal, another space
+        raise SpaceError(f"{options.out} holds a study of a different search space. Use another --out folder, or "
+                         f"the space it was made with (saved as {options.out / 'space.yaml'})")
     return study
 
 
