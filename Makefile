@@ -77,7 +77,7 @@ kit: data
 	  $(if $(PYTHON_VERSION),--python $(PYTHON_VERSION)) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
 # Builds a kit for this machine, installs it into a fresh venv with no package index, runs notebook 00 from it.
-# About 7 minutes and 13 GB in its own temporary folder (other pytest runs clean up only their own).
+# About 11 minutes on 2 cores and 13 GB in its own temporary folder (other pytest runs clean only their own).
 kit-test: data
 	$(PY) -m pytest tests/test_kit.py -m kit -v -s -p no:cacheprovider --basetemp=$(or $(TMPDIR),/tmp)/distill-kit-test
 

@@ -314,8 +314,13 @@ def missing_message(name: str, root) -> str:
     if spec.debian:
         ways.append(f"  2. on Debian/Ubuntu: sudo apt-get install {spec.debian_package} "
                     f"(installs them in {spec.debian}),")
-    ways.append(f"  {len(ways) + 1}. with internet: `make data` without OFFLINE=1 (apt-get as root, else torchvision's "
-                f"download, checked against data/README.md) or load_dataset({name!r}, download=True).")
+    checked = ", checked against data/README.md" if name in DOWNLOAD_SHA256 else ""
+    if name == "fashion_mnist":
+        how = f"`make data` without OFFLINE=1 (apt-get as root, else torchvision's download{checked})"
+    else:
+        how = (f"`python -m distill_utils data --name {name}` (what `make data` does for Fashion-MNIST: "
+               "torchvision's download)")
+    ways.append(f"  {len(ways) + 1}. with internet: {how} or load_dataset({name!r}, download=True).")
     return f"dataset {name!r} not found. Get it one of these ways:\n" + "\n".join(ways)
 
 

@@ -259,7 +259,8 @@ def test_cli_sweep_and_report(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "empty")]) == 1
 
 
-def test_cli_data_reports_missing_dataset(tmp_path, no_debian, capsys):
+def test_cli_data_reports_missing_dataset(tmp_path, no_debian, capsys, monkeypatch):
+    monkeypatch.setenv("OFFLINE", "1")  # only look: no apt-get, no download (tests/test_setup_data.py tests those)
     assert cli.main(["data", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("FAIL: dataset 'fashion_mnist' not found") and "apt-get install" in err

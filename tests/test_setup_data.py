@@ -200,3 +200,21 @@ def test_debian_like_reads_os_release(tmp_path):
                            ("ID=arch\nNAME=debian-ish\n", False)]:
         assert fetch.debian_like(debian_release(tmp_path, text)) is expected, text
     assert fetch.debian_like(tmp_path / "missing") is False
+
+
+def test_a_dataset_without_a_debian_package_is_downloaded_without_apt_get(tmp_path):
+    said, fetched = [], []
+
+    def fake_cifar(name, root):
+        fetched.append(name)
+        folder = Path(root) / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for file in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            (folder / file).write_bytes(b"")
+    system = System(run=untouchable, euid=lambda: 0, which=lambda name: f"/usr/bin/{name}",
+                    os_release=debian_release(tmp_path), say=said.append, download=fake_cifar)
+    assert get_dataset("cifar10", tmp_path, system=system) == (str(tmp_path / "cifar-10-batches-py"), "download")
+    assert fetched == ["cifar10"] and said == [f"dataset 'cifar10' is in no offline place: downloading it with "
+                                               f"torchvision into {tmp_path / 'cifar-10-batches-py'}, checked by "
+                                               "its MD5 sums"]
+    assert "`python -m distill_utils data --name cifar10`" in data.missing_message("cifar10", tmp_path)

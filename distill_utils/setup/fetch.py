@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from distill_utils.data import DATASETS, DataError, download_dataset, find_files, missing_message
+from distill_utils.data import DATASETS, DOWNLOAD_SHA256, DataError, download_dataset, find_files, missing_message
 
 OFF = ("", "0", "false", "no", "off")
 
@@ -108,9 +108,9 @@ def get_dataset(name: str = "fashion_mnist", root="data", offline: bool = False,
         if found is not None:
             return found[0], "apt-get"
         apt_failed = f"apt-get failed first: {problem or f'{spec.debian} still lacks the files'}"
+    checked = "checked against data/README.md's SHA-256 sums" if name in DOWNLOAD_SHA256 else "checked by its MD5 sums"
     system.say(f"dataset {name!r} is in no offline place: downloading it with torchvision into "
-               f"{Path(root) / spec.folder}, checked against data/README.md's SHA-256 sums"
-               + (f" ({apt_failed})" if apt_failed else ""))
+               f"{Path(root) / spec.folder}, {checked}" + (f" ({apt_failed})" if apt_failed else ""))
     try:
         system.download(name, root)
         found = find_files(name, root)
