@@ -40,6 +40,25 @@ def make_idx_dataset(folder, n_train=40, n_test=20, gz=False, seed=0):
     return out
 
 
+def write_search_space(root, n_train=60):
+    """A search space of seconds in ``root``: fake IDX data, a tiny untrained teacher, one epoch per
+    trial (tests of the search, on the journal file or a database); returns its YAML file."""
+    import yaml
+
+    from distill_utils.models import build_model
+    from distill_utils.provenance.checkpoints import save_checkpoint
+    make_idx_dataset(root / "FashionMNIST" / "raw", n_train=n_train, n_test=20)
+    teacher = save_checkpoint(build_model("teacher_cnn", width=0.125), root / "teacher.safetensors")
+    space = {"data_root": str(root), "teacher": str(teacher), "val_images": 20, "batch_size": 20, "population": 2,
+             "latency_batch": 4, "latency_repeats": 1,
+             "space": {"model": ["student_cnn", "pruned_teacher"], "student_width": {"low": 0.25, "high": 0.5},
+                       "prune_ratios": {"low": 0.1, "high": 0.6}, "T": {"low": 1.0, "high": 4.0, "log": True},
+                       "alpha": {"low": 0.1, "high": 0.9}, "loss": ["kd", "dkd"], "epochs": 1}}
+    file = root / "space.yaml"
+    file.write_text(yaml.safe_dump(space))
+    return file
+
+
 def write_notebook(path, parameters: str, *cells: str):
     """A notebook at ``path``: a ``parameters`` cell, then ``start_run(<its name>)``, then ``cells``."""
     from nbformat import write

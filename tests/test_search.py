@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from conftest import make_idx_dataset
+from conftest import write_search_space
 from distill_utils import __main__ as cli
 from distill_utils.provenance.lineage import lineage_chain
 from distill_utils.runs import search as S
@@ -24,20 +24,8 @@ from distill_utils.runs.search.workers import WorkerLock, work, worker_gone
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny fake dataset and a tiny untrained teacher; the space of a study on them."""
-    from distill_utils.models import build_model
-    from distill_utils.provenance.checkpoints import save_checkpoint
-    root = tmp_path_factory.mktemp("tiny")
-    make_idx_dataset(root / "FashionMNIST" / "raw", n_train=60, n_test=20)
-    teacher = save_checkpoint(build_model("teacher_cnn", width=0.125), root / "teacher.safetensors")
-    space = {"data_root": str(root), "teacher": str(teacher), "val_images": 20, "batch_size": 20, "population": 2,
-             "latency_batch": 4, "latency_repeats": 1,
-             "space": {"model": ["student_cnn", "pruned_teacher"], "student_width": {"low": 0.25, "high": 0.5},
-                       "prune_ratios": {"low": 0.1, "high": 0.6}, "T": {"low": 1.0, "high": 4.0, "log": True},
-                       "alpha": {"low": 0.1, "high": 0.9}, "loss": ["kd", "dkd"], "epochs": 1}}
-    file = root / "space.yaml"
-    file.write_text(yaml.safe_dump(space))
-    return file
+    """A tiny fake dataset and a tiny untrained teacher; the space of a study on them (conftest)."""
+    return write_search_space(tmp_path_factory.mktemp("tiny"))
 
 
 def states(df) -> dict:

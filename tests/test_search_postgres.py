@@ -18,9 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import make_idx_dataset
+from conftest import write_search_space
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "pg-two-workers"
@@ -81,20 +80,8 @@ def postgres_url():
 
 @pytest.fixture(scope="module")
 def tiny_space(tmp_path_factory):
-    """A study of seconds: a tiny fake dataset, a tiny untrained teacher, one epoch per trial."""
-    from distill_utils.models import build_model
-    from distill_utils.provenance.checkpoints import save_checkpoint
-    root = tmp_path_factory.mktemp("tiny")
-    make_idx_dataset(root / "FashionMNIST" / "raw", n_train=200, n_test=20)
-    teacher = save_checkpoint(build_model("teacher_cnn", width=0.125), root / "teacher.safetensors")
-    space = {"data_root": str(root), "teacher": str(teacher), "val_images": 20, "batch_size": 20, "population": 2,
-             "latency_batch": 4, "latency_repeats": 1,
-             "space": {"model": ["student_cnn", "pruned_teacher"], "student_width": {"low": 0.25, "high": 0.5},
-                       "prune_ratios": {"low": 0.1, "high": 0.6}, "T": {"low": 1.0, "high": 4.0, "log": True},
-                       "alpha": {"low": 0.1, "high": 0.9}, "loss": ["kd", "dkd"], "epochs": 1}}
-    file = root / "space.yaml"
-    file.write_text(yaml.safe_dump(space))
-    return file
+    """A study of seconds (conftest.write_search_space), on 200 images: a trial takes a few seconds."""
+    return write_search_space(tmp_path_factory.mktemp("tiny"), n_train=200)
 
 
 def trials_in(url):
