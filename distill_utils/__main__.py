@@ -1,5 +1,5 @@
 """Command line: ``python -m distill_utils data | kit | run | sweep | report | lineage | sign | verify | pretrained |
-readme | reference | search``."""
+readme | reference | search | challenge``."""
 from __future__ import annotations
 
 import argparse
@@ -382,6 +382,8 @@ def main(argv=None) -> int:
                                      "default: the journal file <out>/study.journal")
     p.add_argument("--study", help="study name in a shared storage (default: the --out folder's name)")
     p.set_defaults(func=cmd_search)
+    from distill_utils.challenge.cli import add_parser  # challenge new | grade FOLDER (its cmd_challenge is there)
+    add_parser(sub, fail)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

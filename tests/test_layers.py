@@ -64,7 +64,7 @@ def test_no_private_names_cross_modules():
 
 
 def test_no_function_rebinds_module_state_and_modules_stay_short():
-    for name, path, tree in modules():
+    for _, path, tree in modules():
         rebinding = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Global)]
         assert not rebinding, f"{path.name}: `global` at lines {rebinding}; pass the value instead"
         lines = len(path.read_text().splitlines())

@@ -5,7 +5,8 @@
     .venv/bin/python tools/add_exercises.py --check          # only say what is missing (exit 1 if anything)
 
 In each notebook the cells go right after its "## Exercises" cell (at the end if there is none): a
-header, then per exercise its task, a stub raising NotImplementedError and a check. In the
+header, then per exercise its task, a stub raising NotImplementedError and a check (in notebook 09
+then a short section on submitting to a workshop challenge). In the
 solutions notebook they go at the end: a header, then per exercise its task, the worked solution
 and the same check. A cell whose id is already in the notebook is left as it is and not added
 again, so running this twice changes nothing. The cells themselves are in ``exercise_cells.py``.
@@ -21,7 +22,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exercise_cells import EXERCISES  # noqa: E402 (the cells live beside this script)
+from exercise_cells import EXERCISES, SECTIONS  # noqa: E402 (the cells live beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +60,8 @@ def notebook_cells(name: str, nb) -> list:
         cells += [new_markdown_cell(f"### {ex.title}\n\n{ex.task}", id=f"ex-{ex.key}-task"),
                   new_code_cell(stub, id=f"ex-{ex.key}-stub"),
                   new_code_cell(_check(ex), id=f"ex-{ex.key}-check")]
+    for cell_id, kind, source in SECTIONS.get(name, ()):  # e.g. notebook 09's "Submitting to a workshop challenge"
+        cells.append((new_code_cell if kind == "code" else new_markdown_cell)(source, id=cell_id))
     return cells
 
 

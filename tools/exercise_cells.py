@@ -250,3 +250,35 @@ def my_fake_quantize(x, scale, zero_point):
     return (q - zero_point) * scale''')),
     ),
 }
+
+
+# After the exercises of a notebook: other sections (cell id, "markdown" or "code", source).
+SECTIONS = {
+    "09_quantize_and_deploy": (
+        ("challenge-09-submit-task", "markdown", _f('''
+## Submitting to a workshop challenge
+
+In a workshop the leader may run a challenge (README, "Self-checking exercises and the workshop
+challenge"): `python -m distill_utils challenge new` writes the task and a signing key for the room.
+With `DISTILL_SIGNING_KEY_FILE` set to that key before this notebook ran, every candidate saved in
+section 4 is signed, and its lineage goes back to the shipped teacher, so the file alone is a valid
+entry. The cell below checks one and, when the leader's shared folder is named in `CHALLENGE_FOLDER`,
+copies it there under your name (keep the file's name: the signature covers it). The grader measures
+accuracy, size and latency itself: nothing you report is taken on trust.''')),
+        ("challenge-09-submit", "code", _f('''
+import os
+import shutil
+
+entry = out / "final_candidate_0.safetensors"  # section 4's first candidate, its lineage back to the teacher
+entry_manifest = verify_checkpoint(entry)  # with the room's key set: its signature is checked too
+print(f"{entry.name}: {entry_manifest['bytes']:,} bytes, signature: {entry_manifest['verified']}; lineage: "
+      + " -> ".join(step["op"] for step in entry_manifest["lineage"]["steps"]))
+if os.environ.get("CHALLENGE_FOLDER"):
+    mine = Path(os.environ["CHALLENGE_FOLDER"]) / os.environ.get("USER", "learner")
+    mine.mkdir(parents=True, exist_ok=True)
+    shutil.copy(entry, mine / entry.name)
+    print(f"submitted {mine / entry.name}; the leader grades the folder with `python -m distill_utils challenge grade`")
+else:
+    print("no CHALLENGE_FOLDER set: in a workshop, set it and DISTILL_SIGNING_KEY_FILE, then run this notebook")''')),
+    ),
+}
