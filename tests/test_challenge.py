@@ -156,6 +156,21 @@ def test_a_file_modified_after_signing_is_refused_before_anything_reads_its_tens
     assert refusal.reason.startswith("damaged or modified:") and "does not match its manifest" in refusal.reason
 
 
+def test_a_pickle_named_like_a_model_is_refused_and_never_unpickled(workshop, tmp_path):
+    import pickle
+    folder = tmp_path / "room"
+    folder.mkdir()
+    state = workshop["models"]["bob/pruned30"].state_dict()
+    torch.save(state, folder / "zipped.safetensors")  # torch.save's zip archive
+    torch.save(state, folder / "legacy.onnx", _use_new_zipfile_serialization=False)  # a bare pickle stream
+    _, key = load_challenge(workshop["challenge"])
+    never = mock.Mock(side_effect=AssertionError("something was unpickled"))
+    with mock.patch.object(pickle, "Unpickler", never), mock.patch.object(pickle, "loads", never), \
+            mock.patch.object(pickle, "load", never), mock.patch.object(torch, "load", never):
+        refusals = [verify(p, folder, key) for p in sorted(folder.iterdir())]
+    assert [r.reason.split(",")[0] for r in refusals] == ["a pickle (torch.save) file"] * 2 and not never.called
+
+
 def test_names_a_learner_chose_are_escaped_in_both_leaderboards(workshop, tmp_path):
     folder = tmp_path / "room"
     folder.mkdir()
@@ -188,6 +203,14 @@ def test_challenge_errors_are_one_line_naming_the_fix(workshop, tmp_path, capsys
     assert err.startswith("FAIL: challenge file") and "challenge new" in err and len(err.splitlines()) == 1
     with pytest.raises(ChallengeError, match="rank_by = 'size' must be one of"):
         new_challenge(tmp_path / "c.json", dataclasses.replace(TASK, rank_by="size"))
+    with pytest.raises(ChallengeError, match="reference = 'teacher_cifar10' must be one of"):
+        new_challenge(tmp_path / "c.json", dataclasses.replace(TASK, reference="teacher_cifar10"))
+    big, _ = new_challenge(tmp_path / "big.json", dataclasses.replace(TASK, images=20000,
+                                                                     key_file=str(workshop["key_file"])))
+    (tmp_path / "room").mkdir()
+    shutil.copy(workshop["folder"] / "bob" / "pruned30.safetensors", tmp_path / "room")
+    with pytest.raises(ChallengeError, match="20,000 test images but fashion_mnist's test split has 10,000"):
+        grade(GradeOptions(tmp_path / "room", big, data=workshop["data"]))
     record = json.loads(workshop["challenge"].read_text())
     (tmp_path / "other.key").write_text("another key of the room, long enough\n")
     (tmp_path / "c.json").write_text(json.dumps({**record, "key_file": str(tmp_path / "other.key")}))

@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from distill_utils import deploy
+from distill_utils.challenge.task import ChallengeError
 from distill_utils.common.files import ReadRefused, atomic_write_json, read_json
 from distill_utils.deploy.export import session_of
 from distill_utils.measure import count_params
@@ -35,7 +36,11 @@ def test_split(task, data=None):
         from distill_utils.data import load_dataset
         data = load_dataset(task.dataset, root=task.data_root)
     split = getattr(data, task.split)
-    return split.subset(task.images, seed=task.seed) if task.images and task.images < len(split) else split
+    if task.images > len(split):
+        raise ChallengeError(f"the challenge measures on {task.images:,} {task.split} images but {task.dataset}'s "
+                             f"{task.split} split has {len(split):,}; write the challenge again with --images "
+                             f"{len(split)} or fewer (0: all)")
+    return split.subset(task.images, seed=task.seed) if task.images else split
 
 
 def read_cache(folder, fingerprint: str) -> dict:

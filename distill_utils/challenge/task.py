@@ -17,6 +17,7 @@ from pathlib import Path
 
 from distill_utils.common import rules
 from distill_utils.common.files import ReadRefused, atomic_write_bytes, atomic_write_json, read_json, read_limited
+from distill_utils.provenance.pretrained import PRETRAINED
 from distill_utils.provenance.signing import SigningKeyError, key_id, signing_key
 
 __all__ = ["ChallengeError", "Task", "RANKS", "new_challenge", "load_challenge", "describe", "fingerprint"]
@@ -57,7 +58,8 @@ class Task:
 
 
 _OPTIONAL = rules.in_range(0, low_open=True)
-RULES = {"title": str, "dataset": str, "data_root": str, "reference": str, "key_file": str, "key_id": str,
+RULES = {"title": str, "dataset": str, "data_root": str, "key_file": str, "key_id": str,
+         "reference": rules.one_of(("", *PRETRAINED)),
          "split": rules.one_of(("test", "train")), "images": rules.size, "seed": rules.size,
          "min_accuracy": rules.in_range(0, 1, what="a fraction of the images"), "max_bytes": _OPTIONAL,
          "max_params": _OPTIONAL, "max_latency_ms": _OPTIONAL, "rank_by": rules.one_of(RANKS),

@@ -60,18 +60,15 @@ def submissions(folder) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _sniff(path: Path) -> str | None:
-    """Why a file is not what its name says (a pickle, a link, not a regular file), or None."""
-    if path.is_symlink():
-        return "a link: copy the file itself into the folder"
+def _pickled(path: Path) -> bool:
+    """Whether the file starts like torch.save's zip or a pickle (protocol 2-5). Asked only of a file that
+    did not read as a checkpoint or ONNX file: a safetensors header length can start with 0x80 too."""
     try:
         with open_regular(path) as f:
-            head = f.read(8)
-    except (OSError, ReadRefused) as err:
-        return f"cannot be read: {getattr(err, 'strerror', None) or err}"
-    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
-        return f"a pickle (torch.save) file, whatever its name: never unpickled (it could run code); {SAVE}"
-    return None
+            head = f.read(2)
+    except (OSError, ReadRefused):
+        return False
+    return head == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def verify(path, folder, key: bytes) -> Submission | Refusal:
@@ -82,11 +79,14 @@ def verify(path, folder, key: bytes) -> Submission | Refusal:
         if path.suffix.lower() in PICKLES:
             return Refusal(name, f"a {path.suffix} file is a pickle: never loaded (it could run code); {SAVE}")
         return Refusal(name, "not a model file the grader reads: submit a .safetensors checkpoint or an .onnx file")
-    if (why := _sniff(path)) is not None:
-        return Refusal(name, why)
+    if path.is_symlink():
+        return Refusal(name, "a link: copy the file itself into the folder")
     try:
         found = _checkpoint(path, key) if path.suffix.lower() == ".safetensors" else _onnx(path, key)
     except (CheckpointError, OnnxFileError) as err:
+        if _pickled(path):
+            return Refusal(name, f"a pickle (torch.save) file, whatever its name: never unpickled (it could run "
+                                 f"code); {SAVE}")
         return Refusal(name, f"damaged or modified: {err}")
     if isinstance(found, str):
         return Refusal(name, found)
