@@ -39,6 +39,12 @@ test: lint data
 unit: $(STAMP)
 	$(PY) -m pytest tests/ $(XDIST)
 
+# Property-based fuzzing (Hypothesis) of every reader of untrusted input, 2,000 examples per reader (minutes);
+# make test runs a few of each. A failure prints the input and how to replay it.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	FUZZ_PROFILE=long $(PY) -m pytest tests/test_fuzz.py -q
+
 nbtest: data
 	$(PY) -m pytest notebooks/ $(NBVAL) $(XDIST)
 

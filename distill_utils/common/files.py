@@ -62,10 +62,13 @@ def read_limited(path, limit: int, what: str = "file") -> bytes:
             article = "an" if what[:1].lower() in "aeio" or what.startswith("ONNX") else "a"
             raise ReadRefused(f"{path} is {size:,} bytes, more than {article} {what} can be ({limit:,}); "
                               "it is not the file it should be")
-        data = f.read(limit + 1)
-    if len(data) > limit:  # it grew while we read
-        raise ReadRefused(f"{path} grew past {limit:,} bytes while being read; it is not a {what}")
-    return data
+        chunks, total, want = [], 0, size + 1  # read what fstat says (a read(limit) would allocate the limit)
+        while chunk := f.read(min(want, limit + 1 - total)):
+            chunks.append(chunk)
+            total, want = total + len(chunk), 1 << 20
+            if total > limit:  # it grew while we read
+                raise ReadRefused(f"{path} grew past {limit:,} bytes while being read; it is not a {what}")
+    return b"".join(chunks)
 
 
 def _too_deep(value, limit: int) -> bool:

@@ -53,10 +53,12 @@ def load_onnx(path):
         raise OnnxFileError(hint.format(why=f"protobuf: {err}")) from None
     if not model.graph.node or not model.opset_import:
         raise OnnxFileError(hint.format(why="no graph or no opset"))
+    if not all(isinstance(p.key, str) and isinstance(p.value, str) for p in model.metadata_props):
+        raise OnnxFileError(hint.format(why="its metadata is not UTF-8 text"))  # protobuf hands back bytes
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as err:
-        raise OnnxFileError(hint.format(why=f"onnx.checker: {str(err).splitlines()[0]}")) from None
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as err:  # also names that are not UTF-8
+        raise OnnxFileError(hint.format(why=f"onnx.checker: {(str(err).splitlines() or [''])[0][:300]}")) from None
     return model, data
 
 
