@@ -82,7 +82,7 @@ def my_kd_loss(student_logits, teacher_logits, labels, T, alpha):
                  _f('''
 def my_ece(logits, labels, bins=15):
     """Expected calibration error of (N, classes) logits against (N,) labels, as a number in [0, 1]."""'''),
-                 "confidence, predicted = softmax max; bin = (confidence * bins), clamped; weighted |acc - conf|",
+                 "confidence and prediction from the softmax; a bin per example; the weighted gaps",
                  _f('''
     confidence, predicted = logits.softmax(1).max(1)  # (N,), (N,)
     correct = (predicted == labels).float()
@@ -244,7 +244,7 @@ def my_scale_zero_point(lo, hi):
                  _f('''
 def my_fake_quantize(x, scale, zero_point):
     """Floats -> uint8 (round, add the zero point, clamp to 0..255) -> floats."""'''),
-                 "q = clamp(round(x / scale) + zero_point, 0, 255); return (q - zero_point) * scale",
+                 "quantize as section 1 does (round, shift by the zero point, clamp), then dequantize",
                  _f('''
     q = torch.clamp(torch.round(x / scale) + zero_point, 0, 255)  # the uint8 value, held as floats
     return (q - zero_point) * scale''')),
