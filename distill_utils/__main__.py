@@ -62,8 +62,8 @@ def _final_table(out) -> None:
     from distill_utils.runs.experiments import collect
     df = collect(out)
     print(df[["notebook", "status", "wall_s", "main_metric"]].to_string(index=False))
-    from distill_utils.runs.report import _final_rows
-    rows = _final_rows(df[(df.notebook == "07_prune_and_distill") & (df.status == "ok")])
+    from distill_utils.runs.report import final_rows
+    rows = final_rows(df[(df.notebook == "07_prune_and_distill") & (df.status == "ok")])
     if rows:
         import pandas as pd
         print("\nfinal comparison:\n" + pd.DataFrame(rows).to_string(index=False))
