@@ -239,3 +239,19 @@ def test_load_pretrained_from_root(tmp_path, monkeypatch):
     monkeypatch.setitem(pretrained.PRETRAINED, "teacher_fashion_mnist", "0" * 64)
     with pytest.raises(CheckpointError, match="not the expected file"):
         load_pretrained(root=tmp_path)
+
+
+def test_the_recorded_hash_covers_the_tensor_table_and_the_tensors(tmp_path):
+    """Format 3: the manifest's content_sha256 is the hash of the header's tensor table and of the tensor
+    bytes, and the header is exactly what the table and the manifest give: no byte the loader reads is
+    left out."""
+    from distill_utils.provenance.format import content_sha256, split_header, with_manifest
+    path = save_checkpoint(_model(), tmp_path / "m.safetensors")
+    blob = path.read_bytes()
+    header, start = split_header(blob)
+    table = {k: v for k, v in header.items() if k != "__metadata__"}
+    manifest = verify_checkpoint(path)
+    assert manifest["content_sha256"] == content_sha256(table, blob[start:])
+    assert manifest["tensor_bytes"] == len(blob) - start and "tensors_sha256" not in manifest
+    stored = json.loads(header["__metadata__"]["distill_lab_manifest"])
+    assert with_manifest(blob, stored) == blob  # the header is the canonical one for its table and manifest

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from checkpoint_helpers import rewrite_manifest
+from checkpoint_helpers import rewrite_manifest, tiny_onnx
 
 from distill_utils import __main__ as cli
 from distill_utils.data import Split
@@ -195,3 +195,15 @@ def test_resume_refuses_a_different_run(tmp_path):
     state.write_bytes(b"not a state")
     with pytest.raises(ValueError, match="not a readable training state.*Delete it"):
         fit(small_cnn(), tiny_split(), epochs=1, batch_size=32, progress=False, state_file=state, resume=True)
+
+
+def test_onnx_files_are_verified_like_checkpoints(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILL_SIGNING_KEY", KEY)
+    path = tiny_onnx(tmp_path / "m.onnx")
+    assert cli.main(["verify", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"OK: {path}: signature matches"
+    assert cli.main(["sign", str(path)]) == 1
+    assert "is an ONNX file, not a checkpoint: it is signed when written" in capsys.readouterr().err
+    monkeypatch.setenv("DISTILL_SIGNING_KEY", "another-key-0123456789")
+    assert cli.main(["verify", str(path)]) == 1
+    assert "the signature of m.onnx does not match" in capsys.readouterr().err
