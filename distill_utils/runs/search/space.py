@@ -13,6 +13,7 @@ import json
 
 from distill_utils.common import rules
 from distill_utils.common.files import ReadRefused, read_yaml
+from distill_utils.common.resume import differences
 from distill_utils.common.rules import did_you_mean
 from distill_utils.runs.params import RULES
 
@@ -183,19 +184,7 @@ def fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def difference(old: dict, new: dict) -> str:
-    """What differs between two spaces, e.g. ``space.T.high: 4.0 there, 8.0 now`` (at most four)."""
-    a, b = _flat(old), _flat(new)
-    diffs = [f"{k}: {a.get(k, '(none)')!r} there, {b.get(k, '(none)')!r} now" for k in sorted(set(a) | set(b))
-             if a.get(k, "(none)") != b.get(k, "(none)")]
-    return "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    """What differs between two spaces, e.g. ``space.T.high: 4.0 there, 8.0 now`` (at most four): the rule
+    every resumable runner follows (``common.resume``)."""
+    return differences(old, new)
