@@ -45,6 +45,15 @@ def _conv_block(c_in: int, c_out: int, pool: bool, stride: int = 1) -> nn.Sequen
     return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
+def _through(blocks: nn.Sequential, x):
+    """``x`` through each block: the last output and every block's output (for feature distillation)."""
+    feats = []
+    for block in blocks:
+        x = block(x)
+        feats.append(x)
+    return x, feats
+
+
 class ConvNet(nn.Module):
     """Conv-BN-MaxPool-ReLU blocks, then Flatten -> Linear -> ReLU -> Dropout -> Linear.
 
@@ -63,10 +72,7 @@ class ConvNet(nn.Module):
             nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
     def forward(self, x, return_features: bool = False):
-        feats = []
-        for block in self.features:
-            x = block(x)
-            feats.append(x)
+        x, feats = _through(self.features, x)
         logits = self.classifier(x)  # (batch, classes)
         return (logits, feats) if return_features else logits
 
@@ -87,11 +93,7 @@ class MLP(nn.Module):
         self.head = nn.Linear(sizes[-1], num_classes)
 
     def forward(self, x, return_features: bool = False):
-        x = self.flatten(self.pool(x))
-        feats = []
-        for block in self.features:
-            x = block(x)
-            feats.append(x)
+        x, feats = _through(self.features, self.flatten(self.pool(x)))
         logits = self.head(x)  # (batch, classes)
         return (logits, feats) if return_features else logits
 
