@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from distill_utils.common.files import atomic_write_json, loads_json, move_into_place, read_limited
+from distill_utils.folders import absolute_name
 from distill_utils.runs.params import did_you_mean, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -360,6 +361,8 @@ def run_sequence(notebooks=None, out_dir=None, parameters=None, progress=True, s
         start = time.perf_counter()
         print(f"running {nb.name} ...", flush=True)
         mine = {k: v for k, v in {**parameters_for(nb, given), "out_dir": str(out)}.items() if k in declared[nb]}
+        if "dataset" in mine:  # notebooks run in notebooks/: a folder:PATH given here is made absolute
+            mine["dataset"] = absolute_name(mine["dataset"])
         running = out / f".{nb.stem}.running.ipynb"  # the executed copy replaces an older one only when whole
         try:
             pm.execute_notebook(str(nb), str(running), cwd=str(nb.parent), parameters=mine, progress_bar=progress)

@@ -44,6 +44,7 @@ def find_teacher(dataset: str, teacher_checkpoint: str = "", out_dir="."):
     """``(model, manifest)`` of the teacher a notebook uses: ``teacher_checkpoint`` when given, else the
     shipped teacher of a built-in dataset, else ``out_dir/teacher.safetensors`` that notebook 01 saved for
     ``dataset``. ValueError saying how to get one when there is none."""
+    from distill_utils.folders import absolute_name
     from distill_utils.provenance.checkpoints import load_checkpoint, load_pretrained
     if teacher_checkpoint:
         return load_checkpoint(teacher_checkpoint)
@@ -53,7 +54,7 @@ def find_teacher(dataset: str, teacher_checkpoint: str = "", out_dir="."):
     if saved.exists():
         model, manifest = load_checkpoint(saved)
         trained_on = (manifest.get("metadata") or {}).get("dataset")
-        if trained_on == dataset:
+        if absolute_name(trained_on) == absolute_name(dataset):  # a folder:PATH compares by its absolute path
             return model, manifest
         raise ValueError(f"{saved} is a teacher for {trained_on!r}, not {dataset!r}: run notebook 01 with "
                          f"-p dataset {dataset} -p out_dir <another folder>, or set teacher_checkpoint")
