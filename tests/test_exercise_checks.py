@@ -6,7 +6,6 @@ import ast
 import importlib.util
 import inspect
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -460,13 +459,21 @@ def test_the_verdict_shows_as_its_one_line_message():
 # ---------------------------------------------------------------- tools/add_exercises.py
 
 def _copy_notebooks(tmp_path):
+    """Copies of two notebooks and their solutions as they were before the tool inserted its cells."""
     nb = tmp_path / "notebooks"
     (nb / "solutions").mkdir(parents=True)
     for name in ("02_soft_targets_and_temperature", "05_magnitude_pruning"):
-        shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", nb / f"{name}.ipynb")
-        shutil.copy(ROOT / "notebooks" / "solutions" / f"{name}_solutions.ipynb",
-                    nb / "solutions" / f"{name}_solutions.ipynb")
+        for source, target in ((ROOT / "notebooks" / f"{name}.ipynb", nb / f"{name}.ipynb"),
+                               (ROOT / "notebooks" / "solutions" / f"{name}_solutions.ipynb",
+                                nb / "solutions" / f"{name}_solutions.ipynb")):
+            notebook = json.loads(source.read_text())
+            notebook["cells"] = [c for c in notebook["cells"] if not c["id"].startswith(("ex-", "challenge-"))]
+            target.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
     return nb
+
+
+def test_the_shipped_notebooks_hold_every_exercise_cell():
+    assert _tool("add_exercises").main(["--check"]) == 0
 
 
 def test_add_exercises_inserts_the_cells_once_after_the_exercises_section(tmp_path, monkeypatch):
