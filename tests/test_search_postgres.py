@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -109,22 +108,28 @@ def test_two_workers_share_a_study_on_postgresql_lose_only_a_killed_trial_and_re
     workers = {w: subprocess.Popen(cmd + [str(trials)], cwd=REPO, env=env, stdout=logs[w].open("w"),
                                    stderr=subprocess.STDOUT) for w in "ab"}
     start = time.perf_counter()
-    # kill worker a while both workers are inside a trial, once two trials have finished, and just after a
-    # started its trial (a trial takes seconds here), so the kill cannot land between two of its trials
-    deadline, killed_at = time.time() + 240, None
-    while time.time() < deadline and workers["a"].poll() is None:
+    # kill worker a while both workers are inside a trial, once two trials have finished. When the database
+    # shows that, worker a is paused (SIGSTOP) and the database read again: a trial still running then is
+    # still running when a dies
+    def a_in_trial() -> bool:
         try:
             trials_now = trials_in(postgres_url)
         except Exception:  # the study does not exist yet
-            trials_now = []
+            return False
         states = [t.state.name for t in trials_now]
-        fresh = [t for t in trials_now if t.state.name == "RUNNING" and t.datetime_start
-                 and t.user_attrs.get("worker", {}).get("pid") == workers["a"].pid
-                 and (datetime.now() - t.datetime_start).total_seconds() < 1.0]
-        if states.count("COMPLETE") >= 2 and states.count("RUNNING") == 2 and fresh:
-            workers["a"].send_signal(signal.SIGKILL)
-            killed_at = states.count("COMPLETE")
-            break
+        return states.count("COMPLETE") >= 2 and states.count("RUNNING") == 2 and any(
+            t.state.name == "RUNNING" and t.user_attrs.get("worker", {}).get("pid") == workers["a"].pid
+            for t in trials_now)
+
+    deadline, killed_at = time.time() + 240, None
+    while time.time() < deadline and workers["a"].poll() is None:
+        if a_in_trial():
+            workers["a"].send_signal(signal.SIGSTOP)
+            if a_in_trial():
+                workers["a"].send_signal(signal.SIGKILL)
+                killed_at = sum(t.state.name == "COMPLETE" for t in trials_in(postgres_url))
+                break
+            workers["a"].send_signal(signal.SIGCONT)
         time.sleep(0.05)
     assert workers["a"].wait(timeout=60) == -signal.SIGKILL, \
         f"the two workers were never both in a trial; worker a:\n{logs['a'].read_text()[-3000:]}"

@@ -164,10 +164,10 @@ class Objective:
         from distill_utils.runs.experiments import Run
         self.ran += 1
         config, run_dir, start = self.config, self.options.out / f"trial-{trial.number:04d}", time.perf_counter()
-        try:
+        try:  # first, so a worker killed from here on leaves a trial that names it
+            trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), **self.worker})
             full = candidates.complete_choice(suggest(trial, config["space"], len(self.ctx.teacher.features)),
                                               config, self.ctx.teacher)
-            trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), **self.worker})
             trial.set_user_attr("alive_at", time.time())
             settings = {k: config[k] for k in ("dataset", "train_images", "val_images", "batch_size", "cost", "seed")}
             recorded = {k: "-" if v is None else v for k, v in full.items()}  # "-": not used by this kind of model
