@@ -1,0 +1,3 @@
+"""Tasks beyond image classification, built on the taught core: ``transformer`` (a small Vision
+Transformer, its width and depth pruning: notebook 11) and ``detection`` (scenes of Fashion-MNIST
+items, a small one-stage detector, its distillation losses and COCO-style mAP: notebook 12)."""
