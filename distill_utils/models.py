@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["ConvNet", "MLP", "build_model", "MODELS", "data_kwargs", "model_spec", "stem_stride_for"]
+__all__ = ["ConvNet", "MLP", "build_model", "build_from", "MODELS", "data_kwargs", "model_spec", "stem_stride_for"]
 
 STEM_TARGET = 32  # the blocks see at most about this many pixels per side
 
@@ -146,12 +146,17 @@ def build_model(name: str, data=None, **kwargs) -> nn.Module:
     used, and checkpoints store them so that ``load_checkpoint`` can rebuild the same
     architecture (notebook 01).
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return build_from(MODELS, name, data, **kwargs)
+
+
+def build_from(builders: dict, name: str, data=None, **kwargs) -> nn.Module:
+    """``build_model`` over another registry of builders (``distill_utils.tasks`` has its own)."""
+    if name not in builders:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(builders)}")
     if data is not None:
         kwargs = {**data_kwargs(data), **kwargs}
     try:
-        model = MODELS[name](**kwargs)
+        model = builders[name](**kwargs)
     except TypeError as err:
         raise TypeError(f"bad arguments for model {name!r}: {err}") from None
     model.spec = {"name": name, "kwargs": dict(kwargs)}
