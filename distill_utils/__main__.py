@@ -239,13 +239,13 @@ def cmd_readme(args) -> int:
 def cmd_reference(args) -> int:
     """Full-size reference records in data/reference/ (resumable), or the README table from them."""
     from distill_utils.readme.tables import update_readme
-    from distill_utils.runs.reference import NOTEBOOKS, run_reference
+    from distill_utils.runs.reference import NOTEBOOKS, run_reference, run_solutions
     try:
         if args.readme:
             changed = update_readme()
             print("README.md: reference table " + ("rewritten" if changed else "already up to date"))
             return 0
-        run_reference(args.only or NOTEBOOKS, args.seeds)
+        run_solutions(args.only, args.seeds) if args.solutions else run_reference(args.only or NOTEBOOKS, args.seeds)
     except (ValueError, FileNotFoundError) as err:  # a malformed record, parameters that changed, a bad name
         return fail(err, 2)
     except OSError as err:  # README.md or a record could not be written: the atomic writer changed nothing
@@ -354,11 +354,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("pretrained", help="retrain the shipped teacher with params/full.yaml")
     p.set_defaults(func=cmd_pretrained)
     p = sub.add_parser("reference", help="full-size reference runs (params/full.yaml, per seed) into data/reference/")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
-                   help="seeds to run (default 0 1 2); recorded ones are skipped")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2); recorded: skipped")
     p.add_argument("--only", nargs="+", help="notebooks (names or number prefixes; default 03 04 05 06 09)")
-    p.add_argument("--readme", action="store_true",
-                   help="rewrite the README's result table from the records, run nothing")
+    p.add_argument("--readme", action="store_true", help="only rewrite the README's table from the records")
+    p.add_argument("--solutions", action="store_true", help="worked solutions at their exercises' sizes instead "
+                   "(params/solutions.yaml, into data/reference/solutions/)")
     p.set_defaults(func=cmd_reference)
     p = sub.add_parser("readme", help="the README's per-notebook minutes from run records (workshop defaults)")
     p.add_argument("--minutes", nargs="+", required=True, metavar="RUN",

@@ -21,12 +21,16 @@ from pathlib import Path
 
 from distill_utils.common.files import ReadRefused, atomic_write_json, read_json
 from distill_utils.common.resume import check_same
+from distill_utils.runs.evidence import Comparison, compare
 from distill_utils.runs.experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
 
-__all__ = ["REFERENCE_DIR", "NOTEBOOKS", "MISSING", "load", "per_seed", "describe", "run_reference", "add_seed"]
+__all__ = ["REFERENCE_DIR", "SOLUTIONS_DIR", "NOTEBOOKS", "MISSING", "load", "per_seed", "describe", "compare_recorded",
+           "beside", "run_reference", "run_solutions", "add_seed"]
 
 REFERENCE_DIR = REPO / "data" / "reference"
 FULL = REPO / "params" / "full.yaml"
+SOLUTIONS_DIR = REFERENCE_DIR / "solutions"  # worked solutions run at their exercises' sizes (params/solutions.yaml)
+SOLUTIONS = ("01_teacher_training_solutions", "03_knowledge_distillation_solutions")  # whose smoke size misleads
 NOTEBOOKS = ("03", "04", "05", "06", "09")  # what `make reference` runs
 MISSING = ("No full-size reference record for `{notebook}` exists yet. `python -m distill_utils reference "
            "--only {notebook}` makes one per seed (hours on a laptop CPU); until then only this run's numbers "
@@ -96,6 +100,25 @@ def describe(record: dict) -> str:
             f"({', '.join(map(str, seeds))})")
 
 
+def compare_recorded(record: dict, key_a, key_b, name_a: str, name_b: str, **kwargs) -> Comparison:
+    """``evidence.compare`` of two metrics of a record (``per_seed`` keys), paired by seed."""
+    return compare(per_seed(record, key_a), per_seed(record, key_b), name_a, name_b, **kwargs)
+
+
+def beside(this_run: Comparison, recorded: Comparison, record: dict, size: str) -> str:
+    """Markdown: the recorded run's verdict (``size`` says how big it was) and whether this run agrees.
+    Opposite verdicts are said in so many words: the smaller run does not answer the question."""
+    text = f"**Recorded run** ({size}; {describe(record)}): {recorded.sentence()}."
+    verdicts = {this_run.verdict, recorded.verdict}
+    if this_run.verdict == recorded.verdict:
+        return text + " This run agrees with it."
+    if verdicts == {"better", "worse"}:
+        return (text + " **This run's answer is the opposite.** At this size the runs are too small for the "
+                "lesson; the recorded run is the answer to the exercise.")
+    return (text + f" This run's verdict ({this_run.verdict}) differs from it: at this size the difference "
+            "is not resolved the same way; the recorded run is the answer to the exercise.")
+
+
 def _parameters_for_seed(declared: set, seed: int) -> dict:
     own = {"seed": seed}
     if "seeds" in declared:  # a notebook's own seed loop runs just this seed
@@ -149,6 +172,14 @@ def run_reference(notebooks=NOTEBOOKS, seeds=(0, 1, 2), folder=None, work=None, 
             print(f"{stem} seed {seed}: recorded in {time.perf_counter() - start:.0f} s", flush=True)
         done[stem] = record
     return done
+
+
+def run_solutions(names=None, seeds=(0, 1, 2)) -> dict:
+    """``run_reference`` for the worked solutions ``names`` (default ``SOLUTIONS``) at their exercises'
+    sizes (``params/solutions.yaml``), into ``SOLUTIONS_DIR``; the solutions show them beside their run."""
+    paths = [str(REPO / "notebooks" / "solutions" / f"{Path(name).stem}.ipynb") for name in names or SOLUTIONS]
+    return run_reference(paths, seeds, folder=SOLUTIONS_DIR, work=REPO / "runs" / "reference-solutions",
+                         params_file=REPO / "params" / "solutions.yaml")
 
 
 def add_seed(record: dict, seed: int, run: dict, wall_s: float) -> dict:
