@@ -220,3 +220,39 @@ def test_search_table_sets_the_front_beside_the_hand_made_models(tmp_path):
         "(1 paired seed: too few seeds) |" in lines
     assert "| student x0.5 + KD | 10,000 | 85.00 ± 0.00% | none this small | | |" in lines
     assert not any(line.startswith("| teacher |") for line in lines)
+
+
+def _record(per_seed_a: dict, per_seed_b: dict) -> dict:
+    return {"notebook": "x", "parameters": {"epochs": 6},
+            "seeds": {str(s): {"metrics": {"test_acc": {"a": {str(s): per_seed_a[s]}, "b": {str(s): per_seed_b[s]}}}}
+                      for s in per_seed_a}}
+
+
+def test_beside_says_when_this_run_turns_the_recorded_answer_around():
+    from distill_utils.runs.evidence import compare
+    record = _record({0: 0.90, 1: 0.91, 2: 0.92}, {0: 0.88, 1: 0.885, 2: 0.89})  # a beats b by 2.5 points
+    recorded = reference.compare_recorded(record, ("test_acc", "a"), ("test_acc", "b"), "a", "b")
+    assert recorded.verdict == "better" and recorded.diff == pytest.approx(2.5)
+    opposite = compare({0: 0.80, 1: 0.81, 2: 0.80}, {0: 0.85, 1: 0.86, 2: 0.86}, "a", "b")
+    agreeing = compare({0: 0.90, 1: 0.92, 2: 0.91}, {0: 0.89, 1: 0.90, 2: 0.90}, "a", "b")
+    unresolved = compare({0: 0.90, 1: 0.88, 2: 0.91}, {0: 0.89, 1: 0.90, 2: 0.90}, "a", "b")
+    text = reference.beside(opposite, recorded, record, "6 epochs")
+    assert text.startswith("**Recorded run** (6 epochs; ") and recorded.sentence() in text
+    assert "opposite" in text and "agrees" not in text
+    assert "This run agrees" in reference.beside(agreeing, recorded, record, "6 epochs")
+    differs = reference.beside(unresolved, recorded, record, "6 epochs")
+    assert "(no measurable difference) differs" in differs and "opposite" not in differs
+
+
+def test_solutions_parameter_file_names_only_what_the_solutions_declare(tmp_path, monkeypatch):
+    from distill_utils.runs.experiments import check_parameter_names
+    from distill_utils.runs.params import read_parameter_file
+    solutions = [REPO / "notebooks" / "solutions" / f"{name}.ipynb" for name in reference.SOLUTIONS]
+    check_parameter_names(read_parameter_file(REPO / "params" / "solutions.yaml"), solutions,
+                          "params/solutions.yaml")
+    calls = []
+    monkeypatch.setattr(reference, "run_reference", lambda *args, **kwargs: calls.append((args, kwargs)))
+    reference.run_solutions(["03_knowledge_distillation_solutions"], [1])
+    (paths, seeds), kwargs = calls[0]
+    assert paths == [str(solutions[1])] and seeds == [1]
+    assert kwargs["folder"] == reference.SOLUTIONS_DIR and kwargs["params_file"].name == "solutions.yaml"
