@@ -16,7 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Attention", "Block", "ViT", "vit", "default_patch"]
+__all__ = ["Attention", "Block", "ViT", "vit", "default_patch", "EMBED_AXES", "HEAD_AXES", "MLP_AXES"]
+
+# Which axis of each parameter runs over a unit (names inside a block drop the "blocks.<i>." prefix):
+# the embedding channels, the heads (qkv rows: q heads, then k, then v; proj columns), the MLP neurons.
+EMBED_AXES = {"patch.weight": 0, "patch.bias": 0, "cls": 2, "pos": 2, "norm.weight": 0, "norm.bias": 0,
+              "head.weight": 1, "norm1.weight": 0, "norm1.bias": 0, "attn.qkv.weight": 1,
+              "attn.proj.weight": 0, "attn.proj.bias": 0, "norm2.weight": 0, "norm2.bias": 0,
+              "mlp.0.weight": 1, "mlp.2.weight": 0, "mlp.2.bias": 0}
+HEAD_AXES = {"attn.qkv.weight": 0, "attn.qkv.bias": 0, "attn.proj.weight": 1}
+MLP_AXES = {"mlp.0.weight": 0, "mlp.0.bias": 0, "mlp.2.weight": 1}
 
 
 class Attention(nn.Module):
@@ -53,16 +62,16 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """Patch embedding, optional class token, positional embedding, blocks, LayerNorm, Linear head.
 
-    ``heads`` and ``mlp``: one number per block (lists of length ``depth``)."""
+    ``blocks``: one ``(heads, head_dim, mlp)`` per block; ``vit`` builds it from its keywords."""
 
-    def __init__(self, num_classes, in_channels, image_size, patch, dim, heads, head_dim, mlp, pool="cls"):
+    def __init__(self, num_classes, in_channels, image_size, patch, dim, blocks, pool="cls"):
         super().__init__()
         tokens = (image_size // patch) ** 2 + (pool == "cls")
         self.pool = pool
         self.patch = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
-        self.blocks = nn.Sequential(*[Block(dim, h, head_dim, m) for h, m in zip(heads, mlp)])
+        self.blocks = nn.Sequential(*[Block(dim, h, hd, m) for h, hd, m in blocks])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
@@ -127,4 +136,4 @@ def vit(num_classes=10, in_channels=1, image_size=28, stem_stride=1, patch=None,
     heads = _per_block(heads, depth, "heads")
     mlp = _per_block(2 * dim if mlp is None else mlp, depth, "mlp")
     head_dim = max(1, dim // heads[0]) if head_dim is None else _positive_int("head_dim", head_dim)
-    return ViT(num_classes, in_channels, image_size, patch, dim, heads, head_dim, mlp, pool)
+    return ViT(num_classes, in_channels, image_size, patch, dim, [(h, head_dim, m) for h, m in zip(heads, mlp)], pool)
