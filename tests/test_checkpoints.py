@@ -255,3 +255,14 @@ def test_the_recorded_hash_covers_the_tensor_table_and_the_tensors(tmp_path):
     assert manifest["tensor_bytes"] == len(blob) - start and "tensors_sha256" not in manifest
     stored = json.loads(header["__metadata__"]["distill_lab_manifest"])
     assert with_manifest(blob, stored) == blob  # the header is the canonical one for its table and manifest
+
+
+def test_a_pruned_vision_transformer_round_trips_through_a_checkpoint(tmp_path):
+    """The tasks layer's models are rebuilt from their manifest too (per-block widths of a pruned ViT)."""
+    from distill_utils.tasks.transformer import build_vit
+    model = build_vit(dim=24, depth=3, heads=[3, 1, 2], head_dim=8, mlp=[40, 7, 16]).eval()
+    path = save_checkpoint(model, tmp_path / "vit.safetensors")
+    loaded, manifest = load_checkpoint(path)
+    x = torch.randn(2, 1, 28, 28)
+    assert manifest["architecture"]["name"] == "vit" and manifest["architecture"]["kwargs"]["heads"] == [3, 1, 2]
+    assert torch.equal(loaded.eval()(x), model(x))

@@ -36,7 +36,7 @@ from safetensors.torch import save as st_save
 
 from distill_utils import __version__
 from distill_utils.common.files import atomic_write_bytes, atomic_write_json, locked
-from distill_utils.models import MODELS, build_model, model_spec
+from distill_utils.models import MODELS, build_from, model_spec
 from distill_utils.provenance.format import (
     DERIVED,
     FORMAT,
@@ -54,6 +54,7 @@ from distill_utils.provenance.format import (
 from distill_utils.provenance.lineage import Lineage
 from distill_utils.provenance.pretrained import PRETRAINED, PRETRAINED_DIR, PRETRAINED_MANIFESTS
 from distill_utils.sparse import logical_shapes, pack, resolve_masks, unpack
+from distill_utils.tasks import task_models
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "sign_checkpoint",
            "load_pretrained", "library_versions"]
@@ -87,9 +88,9 @@ def save_checkpoint(model, path, metadata=None, sparse: bool = False, key=None, 
     the manifest beside it (``.json``) (notebook 01).
 
     ``metadata`` is your own JSON-serialisable dict (dataset, metrics, seed, ...). The model
-    must come from ``build_model`` so the manifest can record how to rebuild it. The file is
-    replaced with one atomic rename under a lock: a crash or a full disk leaves the previous
-    checkpoint as it was. Pruning masks are folded into the weights; ``sparse=True`` stores
+    must come from ``build_model`` (or a task's builder, e.g. ``tasks.transformer.build_vit``) so the
+    manifest can record how to rebuild it. The file is replaced with one atomic rename under a lock: a
+    crash or a full disk leaves the previous checkpoint as it was. Pruning masks are folded into the weights; ``sparse=True`` stores
     mostly-zero tensors as values + bitmask (notebook 05). ``lineage`` (a ``Lineage``: the files
     the model came from and the steps since, notebook 07) goes into the manifest; with a signing
     key (``key`` or the environment) so does an HMAC-SHA256 signature. Returns the weights path;
@@ -206,22 +207,23 @@ def _build(weights: Path, manifest: dict, stored_shapes: dict):
     memory), with those of the file: a manifest cannot make this allocate more than the file holds."""
     arch = manifest.get("architecture")
     name, kwargs = (arch.get("name"), arch.get("kwargs") or {}) if isinstance(arch, dict) else (None, {})
-    if name not in MODELS:
+    known = {**MODELS, **task_models()}
+    if name not in known:
         raise CheckpointError(f"{weights}: unknown architecture {name!r} in the manifest; "
-                              f"known models are {sorted(MODELS)} (is distill_utils up to date?)")
+                              f"known models are {sorted(known)} (is distill_utils up to date?)")
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{weights}: the manifest's architecture kwargs are not a dict; re-save the checkpoint")
     try:
         shapes = logical_shapes(stored_shapes, manifest.get("sparse") or {})
         with torch.device("meta"):
-            ghost = build_model(name, **kwargs)
+            ghost = build_from(known, name, **kwargs)
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         raise CheckpointError(f"{weights}: cannot rebuild {name!r} from the manifest: {err}") from None
     diff = _state_dict_diff({k: v.shape for k, v in ghost.state_dict().items()}, shapes)
     if diff:
         raise CheckpointError(f"{weights}: the weights do not fit {name}({kwargs}): {diff}. "
                               "The manifest's architecture does not match the weights; re-save the checkpoint")
-    return build_model(name, **kwargs)
+    return build_from(known, name, **kwargs)
 
 
 def load_checkpoint(path, map_location="cpu", *, expected_sha256=None, key=None, allow_unverified=False):
