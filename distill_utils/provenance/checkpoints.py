@@ -87,14 +87,15 @@ def save_checkpoint(model, path, metadata=None, sparse: bool = False, key=None, 
     """Save ``model`` to ``path`` (a ``.safetensors`` file holding its manifest) and a readable copy of
     the manifest beside it (``.json``) (notebook 01).
 
-    ``metadata`` is your own JSON-serialisable dict (dataset, metrics, seed, ...). The model
-    must come from ``build_model`` (or a task's builder, e.g. ``tasks.transformer.build_vit``) so the
-    manifest can record how to rebuild it. The file is replaced with one atomic rename under a lock: a
-    crash or a full disk leaves the previous checkpoint as it was. Pruning masks are folded into the weights; ``sparse=True`` stores
-    mostly-zero tensors as values + bitmask (notebook 05). ``lineage`` (a ``Lineage``: the files
-    the model came from and the steps since, notebook 07) goes into the manifest; with a signing
-    key (``key`` or the environment) so does an HMAC-SHA256 signature. Returns the weights path;
-    ``verify_checkpoint(path)`` gives its manifest (for ``Lineage.of`` or ``run.checkpoint``).
+    ``metadata`` is your own JSON-serialisable dict (dataset, metrics, seed, ...). The model must come
+    from ``build_model`` (or a task's builder, e.g. ``tasks.transformer.build_vit``) so the manifest can
+    record how to rebuild it. The file is replaced with one atomic rename under a lock: a crash or a
+    full disk leaves the previous checkpoint as it was. Pruning masks are folded into the weights;
+    ``sparse=True`` stores mostly-zero tensors as values + bitmask (notebook 05). ``lineage`` (a
+    ``Lineage``: the files the model came from and the steps since, notebook 07) goes into the manifest;
+    with a signing key (``key`` or the environment) so does an HMAC-SHA256 signature. Returns the
+    weights path; ``verify_checkpoint(path)`` gives its manifest (for ``Lineage.of`` or
+    ``run.checkpoint``).
     """
     if Path(path).suffix != ".safetensors":
         raise CheckpointError(f"{path}: a checkpoint path must end in .safetensors (e.g. 'teacher.safetensors')")
