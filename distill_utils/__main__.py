@@ -197,24 +197,17 @@ def cmd_sign(args) -> int:
 
 
 def cmd_pretrained(args) -> int:
-    """Train the shipped teacher with params/full.yaml and copy it to data/pretrained/."""
-    import hashlib
-
-    from distill_utils.common.files import atomic_write_files
-    from distill_utils.provenance.checkpoints import verify_checkpoint
+    """Train a shipped model again (the CNN teacher, or with --vit notebook 11's ViT) into data/pretrained/."""
     from distill_utils.provenance.pretrained import PRETRAINED_DIR
-    from distill_utils.runs.experiments import REPO, run_sequence
-    from distill_utils.runs.params import read_parameter_file
-    out = run_sequence(["01"], REPO / "runs" / "pretrained", read_parameter_file(REPO / "params" / "full.yaml"))
-    verify_checkpoint(out / "teacher.safetensors")  # checked before it replaces anything
+    from distill_utils.runs.experiments import REPO
+    from distill_utils.setup.pretrained import cnn_teacher, replace_shipped, vit_teacher
+    name = "vit_fashion_mnist" if args.vit else "teacher_fashion_mnist"
+    made = vit_teacher(REPO) if args.vit else cnn_teacher(REPO)
     try:  # both files written in full before either replaces the shipped one: a full disk changes nothing
-        atomic_write_files({PRETRAINED_DIR / f"teacher_fashion_mnist{s}": (out / f"teacher{s}").read_bytes()
-                            for s in (".safetensors", ".json")})
+        manifest, json_sha = replace_shipped(made, name, PRETRAINED_DIR)
     except OSError as err:
-        return fail(f"cannot replace the shipped teacher in {PRETRAINED_DIR}: {err.strerror or err}; new one: {out}")
-    manifest = verify_checkpoint(PRETRAINED_DIR / "teacher_fashion_mnist.safetensors")
-    print(f"shipped teacher: sha256 {manifest['sha256']}, metrics {manifest['metadata'].get('metrics')}")
-    json_sha = hashlib.sha256((PRETRAINED_DIR / "teacher_fashion_mnist.json").read_bytes()).hexdigest()
+        return fail(f"cannot replace the shipped {name} in {PRETRAINED_DIR}: {err.strerror or err}; new one: {made}")
+    print(f"shipped {name}: sha256 {manifest['sha256']}, metrics {manifest['metadata'].get('metrics')}")
     print(f"update PRETRAINED (weights) and PRETRAINED_MANIFESTS ({json_sha}) in "
           "distill_utils/provenance/pretrained.py")
     return 0
@@ -352,6 +345,7 @@ def main(argv=None) -> int:
         p.add_argument("checkpoint")
         p.set_defaults(func=cmd_sign)
     p = sub.add_parser("pretrained", help="retrain the shipped teacher with params/full.yaml")
+    p.add_argument("--vit", action="store_true", help="notebook 11's Vision Transformer teacher instead")
     p.set_defaults(func=cmd_pretrained)
     p = sub.add_parser("reference", help="full-size reference runs (params/full.yaml, per seed) into data/reference/")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2); recorded: skipped")
