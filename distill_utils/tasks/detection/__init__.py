@@ -1,0 +1,1 @@
+"""Object detection on scenes of Fashion-MNIST items (notebook 12)."""
