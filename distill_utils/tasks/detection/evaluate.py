@@ -125,15 +125,19 @@ def evaluate_detector(model, scenes, k: int = 20, threshold: float = 0.05, batch
     if not hasattr(scenes, "targets") or not hasattr(scenes, "inputs"):
         raise TypeError(f"scenes must be a Scenes split (e.g. make_scenes(ds, 'test', 500)), "
                         f"got {type(scenes).__name__}")
-    with for_inference(model) as net, torch.inference_mode():
-        out = net(scenes.inputs(slice(0, 1)).to(next(net.parameters()).device))
+    mixup = (f"{type(model).__name__} has no detection heads (a classifier, or a classifier's checkpoint?); "
+             "evaluate a detector built with build_detector('centernet', data=scenes)")
+    try:
+        with for_inference(model) as net, torch.inference_mode():
+            out = net(scenes.inputs(slice(0, 1)).to(next(net.parameters()).device))
+    except RuntimeError as err:  # e.g. a classifier's Linear layer sized for other images
+        raise ValueError(f"{mixup}. It cannot run on {scenes.image_size}x{scenes.image_size} scenes "
+                         f"(torch said: {str(err).splitlines()[0][:200]})") from None
     try:
         heads = split_heads(out)
     except ValueError:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{type(model).__name__} returns {shape}, not a detector's heatmap, size and offset maps: "
-                         "it has no detection heads (a classifier, or a classifier's checkpoint?). Evaluate a detector "
-                         "built with build_detector('centernet', data=scenes)") from None
+        raise ValueError(f"{mixup}: it returns {shape}, not heatmap, size and offset maps") from None
     if heads["heatmap"].shape[1] != len(scenes.classes):
         raise ValueError(f"the detector has {heads['heatmap'].shape[1]} classes, the scenes {len(scenes.classes)}; "
                          "build it with build_detector('centernet', data=scenes)")

@@ -102,20 +102,31 @@ def _extents(items: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1, y1, x2, y2], 1).float()
 
 
+@dataclasses.dataclass(repr=False, eq=False)
 class Scenes:
     """Detection scenes (notebook 12): ``pixels`` uint8 (N, C, S, S); ``boxes`` float32 (N, M, 4) xyxy
     in pixels; ``labels`` int64 (N, M); ``source`` int64 (N, M): the index of each item in the split
-    named ``split``. ``M`` is the most items a scene may have; unused slots have label and source -1."""
+    named ``split``; ``placement`` int64 (N, M, 3): each item's scaled side, top row and left column.
+    ``M`` is the most items a scene may have; unused slots have label, source and placement -1.
+    ``mean`` and ``std`` are the source dataset's, for normalising."""
+    pixels: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    source: torch.Tensor
+    placement: torch.Tensor
+    split: str
+    classes: tuple
+    mean: tuple = ()
+    std: tuple = ()
 
-    def __init__(self, pixels, boxes, labels, source, split: str, classes: tuple, mean=(), std=()):
-        n, m = labels.shape
-        if pixels.dtype != torch.uint8 or pixels.dim() != 4 or len(pixels) != n:
+    def __post_init__(self):
+        n, m = self.labels.shape
+        if self.pixels.dtype != torch.uint8 or self.pixels.dim() != 4 or len(self.pixels) != n:
             raise ValueError(f"pixels must be uint8 (N, C, S, S) with N = {n}, "
-                             f"got {pixels.dtype} {tuple(pixels.shape)}")
-        if boxes.shape != (n, m, 4) or source.shape != (n, m):
-            raise ValueError(f"boxes must be (N, M, 4) and source (N, M) with (N, M) = {(n, m)}")
-        self.pixels, self.boxes, self.labels, self.source = pixels, boxes, labels, source
-        self.split, self.classes, self.mean, self.std = split, tuple(classes), tuple(mean), tuple(std)
+                             f"got {self.pixels.dtype} {tuple(self.pixels.shape)}")
+        if self.boxes.shape != (n, m, 4) or self.source.shape != (n, m) or self.placement.shape != (n, m, 3):
+            raise ValueError(f"boxes must be (N, M, 4), source (N, M) and placement (N, M, 3) with (N, M) = {(n, m)}")
+        self.classes, self.mean, self.std = tuple(self.classes), tuple(self.mean), tuple(self.std)
 
     def __len__(self):
         return len(self.labels)
@@ -160,8 +171,8 @@ class Scenes:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(self):
             raise ValueError(f"subset size must be between 1 and {len(self)}, got {n!r}")
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return Scenes(self.pixels[idx], self.boxes[idx], self.labels[idx], self.source[idx], self.split,
-                      self.classes, self.mean, self.std)
+        return Scenes(self.pixels[idx], self.boxes[idx], self.labels[idx], self.source[idx], self.placement[idx],
+                      self.split, self.classes, self.mean, self.std)
 
 
 @dataclasses.dataclass
@@ -294,7 +305,9 @@ def make_scenes(data, split: str = "train", n: int = 1000, seed: int = 0, config
             noise = torch.randn(chunk.shape, generator=gen) * (cfg.clutter * 255)
             pixels[start:start + 1024] = (chunk.float() + noise).round().clamp(0, 255).to(torch.uint8)
     labels = torch.where(used, source.y.cpu()[src.clamp(min=0)], -1)
-    return Scenes(pixels, boxes, labels, src, split, data.classes, getattr(data, "mean", ()), getattr(data, "std", ()))
+    placement = torch.where(used[..., None], torch.cat([sides[..., None], corners], 2), -1)
+    return Scenes(pixels, boxes, labels, src, placement, split, data.classes, getattr(data, "mean", ()),
+                  getattr(data, "std", ()))
 
 
 def scene_dataset(data, train: int = 2000, test: int = 500, seed: int = 0, config: SceneConfig | None = None,
