@@ -86,7 +86,7 @@ def activation_scores(model, images, batch_size: int = 256) -> dict:
     from its activations on ``images`` (a batch (N, C, H, W) or a Split; a few hundred images are
     enough), in batches of ``batch_size``, without gradients (notebook 11). Each score is the rule's
     mean over all images (``head_score``, ``neuron_score``, ``block_influence``); ``embed`` is
-    ``channel_score`` summed over every LayerNorm. The model is left as it was."""
+    ``channel_score`` summed over every LayerNorm. CPU tensors; the model is left as it was."""
     _check_model(model)
     x = _calibration(images)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -129,7 +129,7 @@ def magnitude_scores(model) -> dict:
     """The L2 norm of the weights each unit owns (notebook 11): a head its q, k and v rows (weights
     and biases) and its columns of the output projection; an MLP neuron its fc1 row and bias and
     its fc2 column; an embedding channel every entry on it (patch conv, class token, positions,
-    LayerNorms, the Linears that read or write it, the head); a block all its parameters."""
+    LayerNorms, the Linears that read or write it, the head); a block all its parameters. CPU tensors."""
     _check_model(model)
     heads, mlp, blocks = [], [], []
     with torch.no_grad():
@@ -140,7 +140,8 @@ def magnitude_scores(model) -> dict:
             heads.append((qkv.pow(2).sum((0, 2, 3)) + proj.pow(2).sum((0, 2))).sqrt())
             mlp.append((fc1.weight.pow(2).sum(1) + fc1.bias.pow(2) + fc2.weight.pow(2).sum(0)).sqrt())
             blocks.append(sum(p.pow(2).sum() for p in block.parameters()).sqrt())
-        return {"heads": heads, "mlp": mlp, "embed": _embed_norms(model), "blocks": torch.stack(blocks)}
+        return {"heads": [h.cpu() for h in heads], "mlp": [m.cpu() for m in mlp], "embed": _embed_norms(model).cpu(),
+                "blocks": torch.stack(blocks).cpu()}
 
 
 def random_scores(model, seed: int = 0) -> dict:

@@ -27,7 +27,7 @@ def keep_best(scores: torch.Tensor, amount: float) -> torch.Tensor:
     """Indices of the ``len - round(amount * len)`` highest ``scores`` (at least one), in their original
     order (notebook 11)."""
     k = max(1, len(scores) - round(amount * len(scores)))
-    return scores.argsort(descending=True, stable=True)[:k].sort().values
+    return scores.detach().cpu().argsort(descending=True, stable=True)[:k].sort().values
 
 
 def _check_fraction(name: str, value) -> None:
@@ -62,7 +62,7 @@ def _head_units(keep: torch.Tensor, heads: int, head_dim: int, qkv: bool) -> tor
 def _copy(model, new, keep_embed=None, keep_heads=None, keep_mlp=None, blocks=None) -> ViT:
     """Load ``new`` with ``model``'s weights: the kept embedding channels, heads and neurons of the kept
     ``blocks`` (old block indices, in order); None keeps everything of that kind."""
-    old = model.state_dict()
+    old = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # scores' indices are CPU tensors
     blocks = list(range(len(model.blocks))) if blocks is None else blocks
     state = {}
     for name in new.state_dict():
@@ -112,7 +112,7 @@ def prune_depth(model, scores: dict, drop: int = 1) -> ViT:
     if (msg := rule(drop)):
         raise rules.RuleError(f"drop = {drop!r} {msg}")
     _check_scores(model, scores, ("blocks",))
-    kept = sorted(scores["blocks"].argsort(descending=True, stable=True)[:depth - drop].tolist())
+    kept = sorted(scores["blocks"].detach().cpu().argsort(descending=True, stable=True)[:depth - drop].tolist())
     kwargs = {**model.spec["kwargs"], "patch": model.patch.kernel_size[0], "depth": len(kept),
               "head_dim": model.blocks[0].attn.head_dim,
               "heads": [model.blocks[i].attn.heads for i in kept],
