@@ -110,7 +110,7 @@ def build_detector(name: str = "centernet", data=None, **kwargs) -> nn.Module:
 
 
 def split_heads(out: torch.Tensor) -> dict:
-    """The detector's stacked output (N, classes + 4, h, w) as ``{"heatmap", "size", "offset"}``."""
+    """The detector's stacked output (N, classes + 4, h, w) as ``{"heatmap", "size", "offset"}`` (notebook 12)."""
     if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[1] < 5:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"expected a detector's output (N, classes + 4, h, w), got {shape}: is this a classifier? "
@@ -123,7 +123,7 @@ def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: floa
     """CenterNet's radius rule (from CornerNet's code, kept as CenterNet uses it): the smallest of
     three radii within which a corner may move while the box keeps ``min_overlap`` IoU with the
     original; ``height``/``width`` in cells. Its second and third roots divide by 2, not 2a,
-    as the original code does."""
+    as the original code does (notebook 12)."""
     h, w, mo = height.float(), width.float(), min_overlap
     b1, c1 = h + w, w * h * (1 - mo) / (1 + mo)
     r1 = (b1 + torch.sqrt(b1 ** 2 - 4 * c1)) / 2

@@ -24,7 +24,8 @@ __all__ = ["coco_map", "evaluate_detector", "check_boxes"]
 
 
 def check_boxes(boxes, image_size: int, what: str) -> None:
-    """ValueError unless ``boxes`` (k, 4) are finite xyxy boxes with x2 > x1, y2 > y1, inside the image."""
+    """ValueError unless ``boxes`` (k, 4) are finite xyxy boxes with x2 > x1, y2 > y1, inside the
+    image (notebook 12)."""
     if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
         shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
         raise ValueError(f"{what}: boxes must be a tensor (k, 4) of (x1, y1, x2, y2), got {shape}")

@@ -24,7 +24,8 @@ __all__ = ["focal_loss", "detection_loss", "heatmap_kd", "imitation_mask", "Feat
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss (alpha 2, beta 4), summed and divided by the number of
     object centres (cells where ``target`` is 1): ``-(1 - p)^2 log p`` at a centre,
-    ``-(1 - y)^4 p^2 log(1 - p)`` elsewhere, ``p = sigmoid(logits)``, ``y`` the Gaussian target."""
+    ``-(1 - y)^4 p^2 log(1 - p)`` elsewhere, ``p = sigmoid(logits)``, ``y`` the Gaussian target
+    (notebook 12)."""
     pos = (target == 1).float()
     p = torch.sigmoid(logits)
     pos_loss = (1 - p).pow(2) * F.logsigmoid(logits) * pos

@@ -74,7 +74,7 @@ class SceneConfig:
 
 
 def raw_pixels(x: torch.Tensor, mean=(), std=()) -> torch.Tensor:
-    """Normalised images (N, C, H, W) back to uint8 pixels; ``mean``/``std`` as in the Dataset."""
+    """Normalised images (N, C, H, W) back to uint8 pixels; ``mean``/``std`` as in the Dataset (notebook 12)."""
     c = x.shape[1]
     m = torch.tensor(mean or (0.0,) * c).view(1, c, 1, 1)
     s = torch.tensor(std or (1.0,) * c).view(1, c, 1, 1)
@@ -82,7 +82,8 @@ def raw_pixels(x: torch.Tensor, mean=(), std=()) -> torch.Tensor:
 
 
 def scale_item(pixels: torch.Tensor, side: int) -> torch.Tensor:
-    """uint8 items (K, C, h, w) resized to (K, C, side, side): bilinear with antialiasing, rounded to uint8."""
+    """uint8 items (K, C, h, w) resized to (K, C, side, side): bilinear with antialiasing, rounded to
+    uint8 (notebook 12)."""
     x = F.interpolate(pixels.float(), size=(side, side), mode="bilinear", align_corners=False, antialias=True)
     return x.round().clamp(0, 255).to(torch.uint8)
 
@@ -244,7 +245,7 @@ def _paste(pixels, scaled, where, corners) -> None:
 
 
 def scene_config(config: SceneConfig | None = None, **settings) -> SceneConfig:
-    """``config`` (or the defaults) with ``settings`` replaced; an unknown name is a ValueError."""
+    """``config`` (or the defaults) with ``settings`` replaced; an unknown name is a ValueError (notebook 12)."""
     names = [f.name for f in dataclasses.fields(SceneConfig)]
     if (unknown := sorted(set(settings) - set(names))):
         raise ValueError(f"unknown scene setting(s) {', '.join(unknown)}; scenes accept {', '.join(names)}")
