@@ -117,7 +117,9 @@ def _positive_int(name: str, value) -> int:
 
 def vit(num_classes=10, in_channels=1, image_size=28, stem_stride=1, patch=None, dim=128, depth=4,  # noqa: PLR0913
         heads=4, head_dim=None, mlp=None, pool="cls"):
-    """The notebook-11 ViT: about 0.55M parameters on 28x28 inputs with the defaults.
+    """The notebook-11 ViT. The defaults on 28x28 inputs: 540,170 parameters and 18.6 MFLOPs per image
+    (0.6 of them the attention products), about the teacher CNN's size (16 tokens of 7x7 pixels and a
+    class token, width 128, 4 blocks of 4 heads, MLP 256).
 
     ``patch`` (default ``default_patch(image_size, stem_stride)``: 7 for Fashion-MNIST, 16 tokens
     and a class token); pixels beyond a whole number of patches are dropped (as by the conv).
