@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["VIT_RECIPE", "cnn_teacher", "vit_teacher", "replace_shipped"]
 
 # epochs, learning rate, ... of the shipped ViT teacher (notebook 11): AdamW, one-cycle, crops and flips
-VIT_RECIPE = {"epochs": 12, "lr": 0.002, "batch_size": 128, "weight_decay": 0.05, "augment": True, "seed": 0}
+VIT_RECIPE = {"epochs": 8, "lr": 0.002, "batch_size": 128, "weight_decay": 0.05, "augment": True, "seed": 0}
 
 
 def cnn_teacher(repo: Path) -> Path:

@@ -5,5 +5,6 @@ items, a small one-stage detector, its distillation losses and COCO-style mAP: n
 
 def task_models() -> dict:
     """Every task's model builders by name (checkpoints rebuild these as well as ``models.MODELS``)."""
+    from distill_utils.tasks.detection import MODELS as detection
     from distill_utils.tasks.transformer import MODELS as transformer
-    return {**transformer}
+    return {**detection, **transformer}
