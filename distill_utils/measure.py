@@ -8,6 +8,7 @@ effective weight ``weight_orig * weight_mask`` under its plain name and never th
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 import zlib
@@ -66,13 +67,25 @@ def _inference(model: nn.Module):
             m.training = flag
 
 
+def _attention_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
+    """FLOPs of softmax(Q K^T) V: the two products, (..., Tq, d) x (..., d, Tk) and (..., Tq, Tk) x (..., Tk, dv)."""
+    batch = math.prod(q_shape[:-2])
+    return 2 * batch * q_shape[-2] * k_shape[-2] * (q_shape[-1] + v_shape[-1])
+
+
+# torch's counter has no formula for the CPU kernel of scaled_dot_product_attention (notebook 11's ViT)
+_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
+              torch.ops.aten.scaled_dot_product_attention: _attention_flops}
+
+
 def count_flops(model: nn.Module, example_input: torch.Tensor) -> int:
     """Forward FLOPs for ``example_input`` (the whole batch) via ``FlopCounterMode`` (notebook 01).
 
     A multiply-add counts as 2 FLOPs; only matmul/conv-like ops are counted (biases,
-    activations, pooling and batch norm are not). Masked weights still cost dense FLOPs.
+    activations, pooling and batch norm are not), and attention's two products (notebook 11).
+    Masked weights still cost dense FLOPs.
     """
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_ATTENTION)
     with _inference(model), counter:
         _forward(model, example_input)
     return int(counter.get_total_flops())
