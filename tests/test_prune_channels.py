@@ -112,3 +112,93 @@ def test_bad_arguments():
         prune_channels(model, [0.1, 0.2])
     with pytest.raises(ValueError, match="min_channels"):
         prune_channels(model, 0.5, min_channels=0)
+
+
+# --- the detector of notebook 12: a conv trunk read by three conv heads --------------------------------------
+
+def detector(seed=0, width=1.0):
+    from distill_utils.tasks.detection import build_detector
+    set_seed(seed)
+    m = build_detector("centernet", num_classes=10, in_channels=1, image_size=32, width=width).eval()
+    with torch.no_grad():
+        for block in m.features:
+            bn = block[1]
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
+        for head in (m.heatmap, m.size, m.offset):
+            head[0].bias.uniform_(-0.2, 0.2)
+    return m
+
+
+def centernet_params(channels, head, classes=10, c_in=1):
+    """Parameter count of the CenterNet, written out: conv (no bias) + BN per block, three heads."""
+    n = 0
+    for c in channels:
+        n += c_in * c * 9 + 2 * c
+        c_in = c
+    return n + sum(c_in * head * 9 + head + head * out + out for out in (classes, 2, 2))
+
+
+def test_detector_loses_channels_but_never_a_head_output():
+    model = detector()
+    pruned = prune_channels(model, 0.5)
+    assert [b[0].out_channels for b in pruned.features] == [8, 16, 32, 32, 32]
+    assert {h[0].out_channels for h in (pruned.heatmap, pruned.size, pruned.offset)} == {16}
+    assert [h[2].out_channels for h in (pruned.heatmap, pruned.size, pruned.offset)] == [10, 2, 2]
+    assert count_params(pruned) == centernet_params((8, 16, 32, 32, 32), 16)
+    assert count_params(model) == centernet_params((16, 32, 64, 64, 64), 32)  # the input model is unchanged
+    assert pruned(torch.randn(2, 1, 32, 32)).shape == (2, 14, 8, 8)
+    assert pruned.spec["kwargs"]["channels"] == [8, 16, 32, 32, 32] and pruned.spec["kwargs"]["head_channels"] == 16
+
+
+def test_removing_a_detectors_dead_channels_keeps_its_outputs():
+    model = detector()
+    with torch.no_grad():  # dead: zero filter, zero BN scale and shift (blocks); zero filter and bias (head hidden)
+        for i, channels in {0: [1, 5], 2: [0, 9, 33, 63], 4: list(range(0, 64, 8))}.items():
+            block = model.features[i]
+            block[0].weight[channels], block[1].weight[channels], block[1].bias[channels] = 0, 0, 0
+        for head in (model.heatmap, model.size, model.offset):
+            head[0].weight[[3, 30]], head[0].bias[[3, 30]] = 0, 0
+    amounts = [2 / 16, 0.0, 4 / 64, 0.0, 8 / 64, 2 / 32]
+    pruned = prune_channels(model, amounts, criterion="l1").eval()
+    assert [b[0].out_channels for b in pruned.features] == [14, 32, 60, 64, 56] and pruned.size[0].out_channels == 30
+    x = torch.randn(3, 1, 32, 32)
+    torch.testing.assert_close(pruned(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pruned_detector_saves_loads_and_gives_the_same_outputs(tmp_path):
+    pruned = prune_channels(detector(), 0.3, criterion="bn", scope="global")
+    loaded, manifest = load_checkpoint(save_checkpoint(pruned, tmp_path / "det.safetensors"))
+    kwargs = manifest["architecture"]["kwargs"]
+    assert kwargs["channels"] == [b[0].out_channels for b in pruned.features]
+    assert kwargs["head_channels"] == pruned.heatmap[0].out_channels == pruned.offset[0].out_channels
+    assert type(loaded).__name__ == "CenterNet" and count_params(loaded) == count_params(pruned)
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), pruned.eval()(x))
+
+
+def test_detector_same_channels_as_torch_pruning_with_head_outputs_ignored():
+    tp = pytest.importorskip("torch_pruning")
+    ours = prune_channels(detector(), 0.5, criterion="l1")
+    ref = detector()
+    imp = tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first")
+    tp.pruner.MetaPruner(ref, torch.zeros(1, 1, 32, 32), importance=imp, pruning_ratio=0.5,
+                         ignored_layers=[ref.heatmap[2], ref.size[2], ref.offset[2]]).step()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_ignored_layers_keep_their_channels():
+    model = detector()
+    pruned = prune_channels(model, 0.5, ignored=[model.features[1][0], model.size[0]])
+    assert [b[0].out_channels for b in pruned.features] == [8, 32, 32, 32, 32]
+    assert pruned.heatmap[0].out_channels == 32  # the heads share one hidden width, so all keep it
+    glob = prune_channels(model, 0.5, scope="global", ignored=[model.features[4][0]])
+    assert glob.features[4][0].out_channels == 64
+    removed = sum(c - b[0].out_channels for c, b in zip((16, 32, 64, 64), glob.features))
+    assert abs(removed + 3 * (32 - glob.heatmap[0].out_channels) - round(0.5 * (176 + 96))) <= 3
+    with pytest.raises(ValueError, match="ignored must list modules of the model being pruned"):
+        prune_channels(model, 0.5, ignored=[torch.nn.Conv2d(1, 1, 1)])
+    with pytest.raises(ValueError, match="5 per-layer ratios but the model has 6: 5 conv layers and the heads"):
+        prune_channels(model, [0.1] * 5)
