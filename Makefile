@@ -61,7 +61,7 @@ lab: data
 pretrained: data
 	$(PY) -m distill_utils pretrained
 
-# Full-size reference results (params/full.yaml, seeds 0 1 2; notebooks 03-06 and 09) into data/reference/, then the README tables. Hours on a CPU; resumable.
+# Full-size reference results (params/full.yaml, seeds 0 1 2; notebooks 03-06, 09 and 11) into data/reference/, then the README tables. Hours on a CPU; resumable.
 .PHONY: reference
 reference: data
 	$(PY) -m distill_utils reference $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ONLY),--only $(ONLY))

@@ -197,12 +197,14 @@ def cmd_sign(args) -> int:
 
 
 def cmd_pretrained(args) -> int:
-    """Train a shipped model again (the CNN teacher, or with --vit notebook 11's ViT) into data/pretrained/."""
+    """Train a shipped model again (the CNN teacher; --vit: notebook 11's ViT; --detector: notebook 12's) into
+    data/pretrained/."""
     from distill_utils.provenance.pretrained import PRETRAINED_DIR
     from distill_utils.runs.experiments import REPO
-    from distill_utils.setup.pretrained import cnn_teacher, replace_shipped, vit_teacher
-    name = "vit_fashion_mnist" if args.vit else "teacher_fashion_mnist"
-    made = vit_teacher(REPO) if args.vit else cnn_teacher(REPO)
+    from distill_utils.setup.pretrained import cnn_teacher, detector_teacher, replace_shipped, vit_teacher
+    name, make = (("vit_fashion_mnist", vit_teacher) if args.vit else ("detector_fashion_mnist", detector_teacher)
+                  if args.detector else ("teacher_fashion_mnist", cnn_teacher))
+    made = make(REPO)
     try:  # both files written in full before either replaces the shipped one: a full disk changes nothing
         manifest, json_sha = replace_shipped(made, name, PRETRAINED_DIR)
     except OSError as err:
@@ -345,11 +347,13 @@ def main(argv=None) -> int:
         p.add_argument("checkpoint")
         p.set_defaults(func=cmd_sign)
     p = sub.add_parser("pretrained", help="retrain the shipped teacher with params/full.yaml")
-    p.add_argument("--vit", action="store_true", help="notebook 11's Vision Transformer teacher instead")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--vit", action="store_true", help="notebook 11's Vision Transformer teacher instead")
+    which.add_argument("--detector", action="store_true", help="notebook 12's detector teacher instead")
     p.set_defaults(func=cmd_pretrained)
     p = sub.add_parser("reference", help="full-size reference runs (params/full.yaml, per seed) into data/reference/")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2); recorded: skipped")
-    p.add_argument("--only", nargs="+", help="notebooks (names or number prefixes; default 03 04 05 06 09)")
+    p.add_argument("--only", nargs="+", help="notebooks (names or number prefixes; default 03 04 05 06 09 11)")
     p.add_argument("--readme", action="store_true", help="only rewrite the README's table from the records")
     p.add_argument("--solutions", action="store_true", help="worked solutions at their exercises' sizes instead "
                    "(params/solutions.yaml, into data/reference/solutions/)")

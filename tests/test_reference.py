@@ -256,3 +256,25 @@ def test_solutions_parameter_file_names_only_what_the_solutions_declare(tmp_path
     (paths, seeds), kwargs = calls[0]
     assert paths == [str(solutions[1])] and seeds == [1]
     assert kwargs["folder"] == reference.SOLUTIONS_DIR and kwargs["params_file"].name == "solutions.yaml"
+
+
+def test_transformer_table_rows_and_verdicts_come_from_the_record(tmp_path):
+    names = ["width, activations, KD", "width, activations, labels", "width, magnitudes, KD"]
+    accuracy = {"width, activations, KD": 0.86, "width, activations, labels": 0.84, "width, magnitudes, KD": 0.85}
+    seeds = {str(s): {"metrics": {"teacher_acc": 0.875,
+                                  "recovered": {n: {str(s): accuracy[n] + s / 1000} for n in names},
+                                  "one_shot": {"width, activations": {str(s): 0.70},
+                                               "width, magnitudes": {str(s): 0.69}}}}
+             for s in range(3)}
+    record = {"notebook": "11_transformer_compression", "params_file": "params/full.yaml", "seeds": seeds,
+              "parameters": {"heads_removed": 0.5, "mlp_removed": 0.5, "blocks_removed": 2, "recover_images": 60000,
+                             "recover_epochs": 5, "T": 2.0, "alpha": 1.0}}
+    (tmp_path / "11_transformer_compression.json").write_text(json.dumps(record))
+    table = tables.transformer_table(tmp_path)
+    assert "60,000 images x 5 epochs" in table and "3 seeds (0, 1, 2)" in table
+    assert "| ViT teacher (not pruned) | 87.50 ± 0.00% | - | - |" in table
+    assert "| width, activations, KD | 86.10 ± 0.10% | 70.00 ± 0.00% | -1.40 ± 0.10 |" in table
+    assert "| width, activations, labels | 84.10 ± 0.10% | 70.00 ± 0.00% | -3.40 ± 0.10 |" in table
+    assert "- KD beats labels by 2.0" in table and "activation importance beats magnitude by 1.0" in table
+    assert "random" not in table  # no verdict for methods the record lacks
+    assert tables.transformer_table(tmp_path / "none").startswith("No reference record yet")

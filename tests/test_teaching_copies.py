@@ -170,3 +170,19 @@ def test_int8_scale_zero_point_matches_package(lo, hi):
     assert scale == pytest.approx(int8_params(lo, hi)[0], rel=1e-6) and zero_point == int8_params(lo, hi)[1]
     x = torch.linspace(lo - 1, hi + 1, 1001)
     assert torch.equal(quantize(x, scale, zero_point), torch.from_numpy(quantize_tensor(x.numpy(), scale, zero_point)))
+
+
+# Notebook 11: the activation-importance rules written out, against distill_utils.tasks.transformer.importance
+
+def test_vit_importance_rules_match_package():
+    from distill_utils.tasks.transformer.importance import block_influence, head_score, neuron_score
+    nb = "11_transformer_compression.ipynb"
+    g = torch.Generator().manual_seed(0)
+    attn_out, hidden = torch.randn(5, 17, 4 * 8, generator=g), torch.randn(5, 17, 64, generator=g)
+    x_in, x_out = torch.randn(5, 17, 32, generator=g), torch.randn(5, 17, 32, generator=g)
+    torch.testing.assert_close(notebook_function(nb, "head_importance")(attn_out, 4), head_score(attn_out, 4))
+    torch.testing.assert_close(notebook_function(nb, "neuron_importance")(hidden), neuron_score(hidden))
+    torch.testing.assert_close(notebook_function(nb, "block_influence")(x_in, x_out), block_influence(x_in, x_out))
+    # and by definition: head h's score is the mean over images and tokens of the norm of its own slice
+    by_definition = torch.stack([attn_out[..., 8 * h:8 * (h + 1)].norm(dim=-1).mean() for h in range(4)])
+    torch.testing.assert_close(head_score(attn_out, 4), by_definition)

@@ -1,9 +1,10 @@
 """The shipped pretrained weights and their pins (notebook 01).
 
 ``data/pretrained`` holds a teacher trained with ``params/full.yaml`` (``python -m distill_utils
-pretrained`` makes it again) and notebook 11's ViT teacher (``pretrained --vit``). The SHA-256 of its weights file and of its ``.json`` manifest are
-pinned here, in the code: no signing key ships with the project, so these pins stand in for a
-signature. ``checkpoints.load_pretrained`` loads it; reading a checkpoint reports a pinned file
+pretrained`` makes it again) and notebook 11's ViT teacher (``pretrained --vit``). The SHA-256 of
+each weights file and of its ``.json`` manifest are pinned here, in the code: no signing key ships
+with the project, so these pins stand in for a signature. ``checkpoints.load_pretrained`` loads
+them; reading a checkpoint reports a pinned file
 as ``verified == "pinned"``; the lineage walker finds it by its hash wherever it was made.
 """
 from __future__ import annotations

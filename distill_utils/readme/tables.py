@@ -14,7 +14,8 @@ from distill_utils.readme.writer import between_markers, rewrite
 from distill_utils.runs.evidence import compare
 from distill_utils.runs.reference import REFERENCE_DIR, describe, load, per_seed
 
-__all__ = ["kd_table", "pruning_table", "final_table", "search_table", "TABLES", "markers", "update_readme"]
+__all__ = ["kd_table", "pruning_table", "final_table", "search_table", "transformer_table", "TABLES", "markers",
+           "update_readme"]
 
 
 def _pm(values, fmt: str = ".2f", unit: str = "") -> str:
@@ -226,8 +227,41 @@ def search_table(folder=None) -> str:
     return "\n".join(lines)
 
 
+VIT_VERDICTS = (("width, activations, KD", "width, activations, labels", "KD", "labels"),
+                ("width, activations, KD", "width, magnitudes, KD", "activation importance", "magnitude"),
+                ("width, activations, KD", "width, random, KD", "activation importance", "random"),
+                ("width, activations, KD", "depth, Block Influence, KD", "width pruning", "depth pruning"),
+                ("width, activations, KD", "scratch (width-pruned shape), KD", "pruned + KD", "scratch + KD"))
+
+
+def transformer_table(folder=None) -> str:
+    """The README's ViT table (notebook 11), from ``data/reference/11_transformer_compression.json``:
+    each recovered model over the seeds, its accuracy before recovery, and the notebook's verdicts."""
+    record = load("11_transformer_compression", folder)
+    if record is None:
+        return ("No reference record yet: `python -m distill_utils reference --only 11` writes "
+                "`data/reference/11_transformer_compression.json`, then `--readme` fills this table.")
+    teacher = per_seed(record, "teacher_acc")
+    rows = [f"| ViT teacher (not pruned) | {_percent(teacher.values())} | - | - |"]
+    for name in next(iter(record["seeds"].values()))["metrics"].get("recovered", {}):
+        acc = per_seed(record, ("recovered", name))
+        before = per_seed(record, ("one_shot", ", ".join(name.split(", ")[:2])))
+        rows.append(f"| {name} | {_percent(acc.values())} | {_percent(before.values()) if before else '-'} | "
+                    f"{_points(a - teacher[s] for s, a in acc.items())} |")
+    results = {a: per_seed(record, ("recovered", a)) for pair in VIT_VERDICTS for a in pair[:2]}
+    verdicts = [compare(results[a], results[b], name_a, name_b).sentence()
+                for a, b, name_a, name_b in VIT_VERDICTS if results[a] and results[b]]
+    p = record["parameters"]
+    head = (f"Fashion-MNIST, the shipped ViT teacher; heads and MLP neurons removed per block: {p.get('heads_removed')}"
+            f" and {p.get('mlp_removed')} (depth: {p.get('blocks_removed')} blocks); recovery on "
+            f"{p.get('recover_images'):,} images x {p.get('recover_epochs')} epochs, T={p.get('T')}, "
+            f"alpha={p.get('alpha')}; {describe(record)}:\n\n"
+            "| model | test accuracy | before recovery | vs teacher (points) |\n|---|---|---|---|")
+    return "\n".join([head, *rows, "", *(f"- {v}" for v in verdicts)])
+
+
 TABLES = {"kd": kd_table, "pruning": pruning_table, "final": final_table,
-          "search": search_table}  # README marker name -> table
+          "search": search_table, "transformer": transformer_table}  # README marker name -> table
 
 
 def markers(name: str) -> tuple[str, str]:
