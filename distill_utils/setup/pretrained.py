@@ -1,20 +1,25 @@
-"""Making the shipped pretrained models again: ``python -m distill_utils pretrained [--vit]``.
+"""Making the shipped pretrained models again: ``python -m distill_utils pretrained [--vit|--detector]``.
 
 The CNN teacher is notebook 01 run with ``params/full.yaml``; the Vision Transformer teacher of
 notebook 11 is ``vit_teacher`` below (the ViT's defaults, trained on all of Fashion-MNIST with
-``VIT_RECIPE``). Either is checked, then written over the shipped pair in ``data/pretrained/``
-in one step (``replace_shipped``); the command prints the SHA-256 pins to put in
-``provenance/pretrained.py``.
+``VIT_RECIPE``); the detector teacher of notebook 12 is ``detector_teacher`` (a width-1 CenterNet
+trained on scenes of Fashion-MNIST training items with ``DETECTOR_RECIPE``). Each is checked, then
+written over the shipped pair in ``data/pretrained/`` in one step (``replace_shipped``); the
+command prints the SHA-256 pins to put in ``provenance/pretrained.py``.
 """
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-__all__ = ["VIT_RECIPE", "cnn_teacher", "vit_teacher", "replace_shipped"]
+__all__ = ["VIT_RECIPE", "DETECTOR_RECIPE", "cnn_teacher", "vit_teacher", "detector_teacher", "replace_shipped"]
 
 # epochs, learning rate, ... of the shipped ViT teacher (notebook 11): AdamW, one-cycle, crops and flips
 VIT_RECIPE = {"epochs": 8, "lr": 0.002, "batch_size": 128, "weight_decay": 0.05, "augment": True, "seed": 0}
+# the shipped detector teacher (notebook 12): its width, its scenes (default SceneConfig: 64x64, 1-4
+# items) and its training (AdamW, cosine); test scenes come from the test split with seed + 1
+DETECTOR_RECIPE = {"width": 1.0, "train_scenes": 20_000, "test_scenes": 2_000, "seed": 0, "epochs": 8, "lr": 0.002,
+                   "batch_size": 64, "weight_decay": 1e-4}
 
 
 def cnn_teacher(repo: Path) -> Path:
@@ -43,6 +48,44 @@ def vit_teacher(repo: Path, data_root="data", recipe: dict | None = None) -> Pat
     metadata = {"dataset": "fashion_mnist", "recipe": recipe, "metrics": {"test_acc": round(accuracy, 4)},
                 "train_seconds": round(sum(row["seconds"] for row in history), 1)}
     return save_checkpoint(model, repo / "runs" / "pretrained-vit" / "vit_teacher.safetensors", metadata=metadata)
+
+
+def detector_teacher(repo: Path, data_root="data", recipe: dict | None = None) -> Path:
+    """The CenterNet teacher of notebook 12: ``build_detector(width=recipe["width"])`` trained with
+    ``train_detector`` on ``train_scenes`` scenes of Fashion-MNIST training items (``recipe``, default
+    ``DETECTOR_RECIPE``), tested on ``test_scenes`` scenes of test items, saved with its recipe, its
+    scene settings and its test mAP."""
+    import dataclasses
+
+    from distill_utils.data import load_dataset
+    from distill_utils.provenance.checkpoints import save_checkpoint
+    from distill_utils.tasks.detection import (
+        SceneConfig,
+        build_detector,
+        evaluate_detector,
+        scene_dataset,
+        train_detector,
+    )
+    from distill_utils.train import set_seed
+    recipe = {**DETECTOR_RECIPE, **(recipe or {})}
+    unknown = sorted(set(recipe) - set(DETECTOR_RECIPE))
+    if unknown:
+        raise ValueError(f"unknown detector recipe setting(s) {unknown}; the recipe has {sorted(DETECTOR_RECIPE)}")
+    scenes = scene_dataset(load_dataset("fashion_mnist", root=data_root), recipe["train_scenes"],
+                           recipe["test_scenes"], recipe["seed"])
+    set_seed(recipe["seed"])
+    model = build_detector(data=scenes, width=recipe["width"])
+    training = {k: recipe[k] for k in ("epochs", "lr", "batch_size", "weight_decay", "seed")}
+    history = train_detector(model, scenes.train, **training)
+    scores = evaluate_detector(model, scenes.test)
+    print(f"detector teacher: test mAP {scores['map']:.4f} (@.5 {scores['map50']:.4f}) after {recipe['epochs']} "
+          "epochs", flush=True)
+    metadata = {"dataset": "fashion_mnist", "task": "detection", "recipe": recipe,
+                "scenes": dataclasses.asdict(SceneConfig()),
+                "metrics": {"test_map": round(scores["map"], 4), "test_map50": round(scores["map50"], 4)},
+                "train_seconds": round(sum(row["seconds"] for row in history), 1)}
+    return save_checkpoint(model, repo / "runs" / "pretrained-detector" / "detector_teacher.safetensors",
+                           metadata=metadata)
 
 
 def replace_shipped(made: Path, name: str, folder: Path) -> tuple[dict, str]:
