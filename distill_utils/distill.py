@@ -87,7 +87,8 @@ def dkd_loss(student_logits, teacher_logits, labels, T: float = 4.0, alpha: floa
 class HintLoss(nn.Module):
     """FitNets (Romero et al. 2015): MSE between a learned regressor of a student feature map
     and the teacher's (notebook 04). A 1x1 conv for maps (N, C, H, W), a linear layer for
-    vectors; the student map is average-pooled to the teacher's size when they differ."""
+    vectors and for tokens (N, T, D: notebook 11's ViT, on the last axis); the student map is
+    average-pooled to the teacher's size when they differ."""
 
     def __init__(self, student_channels: int, teacher_channels: int, spatial: bool = True):
         super().__init__()
@@ -205,7 +206,8 @@ def distill(student, teacher, data, config: DistillConfig | None = None, **setti
                 t_feat = teacher(x, return_features=True)[1][teacher_layer]
             student.train(was_training)
             if feature == "hint":
-                feat_loss = HintLoss(s_feat.shape[1], t_feat.shape[1], spatial=s_feat.dim() == 4).to(device)
+                width = [f.shape[1] if f.dim() == 4 else f.shape[-1] for f in (s_feat, t_feat)]  # channels / token
+                feat_loss = HintLoss(*width, spatial=s_feat.dim() == 4).to(device)
                 params += list(feat_loss.parameters())
             else:
                 if s_feat.dim() != 4 or t_feat.dim() != 4:

@@ -212,3 +212,15 @@ def test_feature_probe_leaves_batchnorm_statistics_alone():
         one_batch(x)  # the single training batch updates the statistics exactly once
     for k in before:
         torch.testing.assert_close(student.state_dict()[k], one_batch.state_dict()[k])
+
+
+def test_hints_between_two_vision_transformers_map_each_token():
+    """Token features (N, T, D) get a Linear regressor on D (notebook 11's ViT); widths may differ."""
+    from distill_utils.tasks.transformer import build_vit
+    data = tiny_dataset(32)
+    teacher, student = build_vit(data=data, dim=16, depth=2, heads=2), build_vit(data=data, dim=8, depth=1, heads=2)
+    history = distill(student, teacher, data, feature="hint", epochs=1, batch_size=16, progress=False)
+    assert math.isfinite(history[0]["train_loss"])
+    hint = HintLoss(8, 16, spatial=False)
+    s, t = torch.randn(3, 17, 8), torch.randn(3, 17, 16)
+    torch.testing.assert_close(hint(s, t), F.mse_loss(s @ hint.regressor.weight.T, t))
