@@ -140,9 +140,12 @@ def test_two_workers_share_a_study_on_postgresql_lose_only_a_killed_trial_and_re
     failed = [t for t in done if t.state.name == "FAIL"]
     complete = [t for t in done if t.state.name == "COMPLETE"]
     assert len(failed) == 1, [(t.number, t.state.name, t.user_attrs.get("retry_of")) for t in done]
-    # the killed trial alone was lost: its candidate was queued again as a new trial and ran to the end once
+    # the killed trial alone was lost: its candidate was queued again as a new trial and ran to the end once.
+    # A worker killed while its trial was still choosing leaves part of a candidate: the retry keeps that part
     retried = [t for t in done if t.user_attrs.get("retry_of") == failed[0].number]
-    assert len(retried) == 1 and retried[0].state.name == "COMPLETE" and retried[0].params == failed[0].params
+    assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
+    kept = {k: retried[0].params[k] for k in failed[0].params}
+    assert kept == failed[0].params, (failed[0].params, retried[0].params)
     assert trials <= len(complete) <= trials + 1  # worker b may start one beyond --trials while a was in its last
     # exactly once: no trial printed twice, every finished trial printed by one worker. (Two trials may hold
     # the same candidate: NSGA-II's crossover of a population of 2 sometimes copies a parent whole.)
