@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from distill_utils.tasks.detection import FeatureImitation, encode, heatmap_kd, imitation_mask
 
-DRAFTS = Path(__file__).resolve().parents[1] / "drafts"  # until it runs at its workshop size: then notebooks/
-NOTEBOOK = DRAFTS / "12_object_detection.ipynb"
-SOLUTIONS = DRAFTS / "12_object_detection_solutions.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "12_object_detection.ipynb"
+SOLUTIONS = NOTEBOOKS / "solutions" / "12_object_detection_solutions.ipynb"
 
 
 def cells(path: Path) -> list[dict]:

@@ -278,3 +278,33 @@ def test_transformer_table_rows_and_verdicts_come_from_the_record(tmp_path):
     assert "- KD beats labels by 2.0" in table and "activation importance beats magnitude by 1.0" in table
     assert "random" not in table  # no verdict for methods the record lacks
     assert tables.transformer_table(tmp_path / "none").startswith("No reference record yet")
+
+
+def test_detection_table_rows_verdicts_and_goals_come_from_the_record(tmp_path):
+    base = {"scratch": 0.20, "heatmap KD": 0.24, "imitation (masked)": 0.21, "both": 0.25, "imitation (unmasked)": 0.20}
+
+    def seed_metrics(s):
+        maps = {n: {str(s): v + s / 1000} for n, v in base.items()}
+        row = {"mAP (%)": 30.0 + s, "mAP@.5 (%)": 50.0, "ms @1": 0.2 + s / 10, "ms @64": 7.0}
+        table = {"teacher": {**row, "mAP (%)": 58.0, "ms @1": 1.5, "ms @64": 36.0}, "student, scratch": row,
+                 "pruned, with the teacher": row, "pruned, with the teacher, ONNX int8": row}
+        return {"teacher_map": 0.58, "teacher_map50": 0.81, "map": maps, "map50": maps,
+                "gap_closed": {n: {str(s): (v - 0.20) / 0.38} for n, v in base.items() if n != "scratch"},
+                "pruned_map": 0.0, "recovered": {"with the teacher": {str(s): 0.30 + s / 1000},
+                                                 "labels only": {str(s): 0.29 + s / 500}},
+                "deployed": "pruned, with the teacher", "table": table,
+                "goals": {"smaller": 7.9, "faster": {"1": 7.5, "64": 5.3}, "map50_drop": 28.0}}
+
+    record = {"notebook": "12_object_detection", "params_file": "params/full.yaml",
+              "seeds": {str(s): {"metrics": seed_metrics(s)} for s in range(3)},
+              "parameters": {"train_scenes": 20000, "test_scenes": 2000, "student_width": 0.5, "amount": 0.5,
+                             "epochs": 4, "recover_epochs": 4, "kd_weight": 1.0, "T": 1.0, "feature_weight": 0.01}}
+    (tmp_path / "12_object_detection.json").write_text(json.dumps(record))
+    table = tables.detection_table(tmp_path)
+    assert "20,000 training / 2,000 test" in table and "3 seeds (0, 1, 2)" in table
+    assert "| teacher (width 1.0) | 58.00 ± 0.00% | 81.00 ± 0.00% | 1.50 ± 0.00 | 36.00 ± 0.00 |" in table
+    assert "| student, heatmap KD | 24.10 ± 0.10% | 24.10 ± 0.10% | - | - |" in table
+    assert "| deployed: pruned, with the teacher, ONNX int8 | 31.00 ± 1.00% | 50.00 ± 0.00% | 0.30 ± 0.10 |" in table
+    assert "heatmap KD beats scratch by 4.0" in table and "gap to the teacher closed per seed: 11%, 11%, 11%" in table
+    assert "seed 2: 7.9x smaller, 7.5x / 5.3x faster at batch 1 / 64, mAP@.5 28.00 points below" in table
+    assert tables.detection_table(tmp_path / "none").startswith("No reference record yet")

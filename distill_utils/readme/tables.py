@@ -14,8 +14,8 @@ from distill_utils.readme.writer import between_markers, rewrite
 from distill_utils.runs.evidence import compare
 from distill_utils.runs.reference import REFERENCE_DIR, describe, load, per_seed
 
-__all__ = ["kd_table", "pruning_table", "final_table", "search_table", "transformer_table", "TABLES", "markers",
-           "update_readme"]
+__all__ = ["kd_table", "pruning_table", "final_table", "search_table", "transformer_table", "detection_table",
+           "TABLES", "markers", "update_readme"]
 
 
 def _pm(values, fmt: str = ".2f", unit: str = "") -> str:
@@ -260,8 +260,66 @@ def transformer_table(folder=None) -> str:
     return "\n".join([head, *rows, "", *(f"- {v}" for v in verdicts)])
 
 
+DETECTION_METHODS = ("heatmap KD", "imitation (masked)", "both", "imitation (unmasked)")
+
+
+def detection_table(folder=None) -> str:
+    """The README's detection table (notebook 12), from ``data/reference/12_object_detection.json``: teacher,
+    students, pruned and recovered models, the deployed int8 model, mAP over seeds, and the verdicts."""
+    record = load("12_object_detection", folder)
+    if record is None:
+        return ("No reference record yet: `python -m distill_utils reference --only 12` writes "
+                "`data/reference/12_object_detection.json`, then `--readme` fills this table.")
+    seeds = {int(s): e["metrics"] for s, e in record["seeds"].items()}
+    deployed = {s: f"{m['deployed']}, ONNX int8" for s, m in seeds.items()}
+
+    def timed(row) -> str:  # latencies at batch 1 and 64 (ms) of a deployed-table row, mean ± std over seeds
+        return " | ".join(_pm([seeds[s]["table"][row(s)][f"ms @{b}"] for s in seeds]) for b in (1, 64))
+
+    def line(name, maps, maps50, row=None) -> str:
+        return (f"| {name} | {_percent(maps.values())} | {_percent(maps50.values()) if maps50 else '-'} | "
+                + (timed(row) if row else "- | -") + " |")
+
+    teacher = per_seed(record, "teacher_map")
+    rows = [line("teacher (width 1.0)", teacher, per_seed(record, "teacher_map50"), lambda s: "teacher")]
+    rows += [line(f"student, {name}", per_seed(record, ("map", name)), per_seed(record, ("map50", name)),
+                  (lambda s: "student, scratch") if name == "scratch" else None)
+             for name in ("scratch", *DETECTION_METHODS)]
+    rows.append(line("teacher pruned, before recovery", per_seed(record, "pruned_map"), {}))
+    rows += [line(f"pruned, recovered {name}", per_seed(record, ("recovered", name)), {},
+                  (lambda s: "pruned, with the teacher") if name == "with the teacher" else None)
+             for name in ("with the teacher", "labels only")]
+    rows.append(line("deployed: " + " / ".join(sorted(set(deployed.values()))),
+                     {s: seeds[s]["table"][deployed[s]]["mAP (%)"] / 100 for s in seeds},
+                     {s: seeds[s]["table"][deployed[s]]["mAP@.5 (%)"] / 100 for s in seeds}, deployed.get))
+    def verdict(key_a, key_b, name_a, name_b) -> str:
+        return compare(per_seed(record, key_a), per_seed(record, key_b), name_a, name_b).sentence()
+
+    verdicts = [f"{verdict(('map', name), ('map', 'scratch'), name, 'scratch')}; gap to the teacher closed per seed: "
+                + ", ".join(f"{100 * g:.0f}%" for g in per_seed(record, ("gap_closed", name)).values())
+                for name in DETECTION_METHODS]
+    verdicts += [verdict(("map", "imitation (masked)"), ("map", "imitation (unmasked)"), "masked imitation",
+                         "unmasked imitation"),
+                 verdict(("recovered", "with the teacher"), ("recovered", "labels only"), "recovery with the teacher",
+                         "recovery from labels")]
+    goals = [f"seed {s}: {g['smaller']}x smaller, {g['faster']['1']}x / {g['faster']['64']}x faster at batch 1 / 64, "
+             f"mAP@.5 {g['map50_drop']:.2f} points below the teacher's"
+             for s, g in ((s, m["goals"]) for s, m in seeds.items())]
+    p = record["parameters"]
+    head = (f"Fashion-MNIST scenes: {p.get('train_scenes'):,} training / {p.get('test_scenes'):,} test; students of "
+            f"width {p.get('student_width')} and the teacher pruned by {p.get('amount')} of its channels, each trained "
+            f"{p.get('epochs')} epochs (recovery {p.get('recover_epochs')}), heatmap KD weight {p.get('kd_weight')} at "
+            f"T={p.get('T')}, imitation weight {p.get('feature_weight')}; latencies in PyTorch except the ONNX row, "
+            f"{describe(record)}:\n\n"
+            "| model | mAP@[.5:.95] | mAP@.5 | ms @1 | ms @64 |\n|---|---|---|---|---|")
+    return "\n".join([head, *rows, "", *(f"- {v}" for v in verdicts), "",
+                      "Goals (10x smaller, 3x faster than the fp32 teacher, within 2 points of its mAP@.5), "
+                      "the deployed model:", "", *(f"- {g}" for g in goals)])
+
+
 TABLES = {"kd": kd_table, "pruning": pruning_table, "final": final_table,
-          "search": search_table, "transformer": transformer_table}  # README marker name -> table
+          "search": search_table, "transformer": transformer_table,
+          "detection": detection_table}  # README marker name -> table
 
 
 def markers(name: str) -> tuple[str, str]:

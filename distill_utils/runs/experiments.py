@@ -27,7 +27,7 @@ NOTEBOOKS = REPO / "notebooks"
 SEQUENCE = ("00_setup.ipynb", "01_teacher_training.ipynb", "02_soft_targets_and_temperature.ipynb",
             "03_knowledge_distillation.ipynb", "04_feature_distillation.ipynb",
             "05_magnitude_pruning.ipynb", "06_channel_pruning.ipynb", "07_prune_and_distill.ipynb",
-            "09_quantize_and_deploy.ipynb", "11_transformer_compression.ipynb")
+            "09_quantize_and_deploy.ipynb", "11_transformer_compression.ipynb", "12_object_detection.ipynb")
 RECORD = ".record.json"
 MAX_RECORD = 64 << 20  # bytes: a record holds parameters and metrics, never data
 

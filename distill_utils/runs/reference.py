@@ -30,8 +30,9 @@ __all__ = ["REFERENCE_DIR", "SOLUTIONS_DIR", "NOTEBOOKS", "MISSING", "load", "pe
 REFERENCE_DIR = REPO / "data" / "reference"
 FULL = REPO / "params" / "full.yaml"
 SOLUTIONS_DIR = REFERENCE_DIR / "solutions"  # worked solutions run at their exercises' sizes (params/solutions.yaml)
-SOLUTIONS = ("01_teacher_training_solutions", "03_knowledge_distillation_solutions")  # whose smoke size misleads
-NOTEBOOKS = ("03", "04", "05", "06", "09", "11")  # what `make reference` runs
+SOLUTIONS = ("01_teacher_training_solutions", "03_knowledge_distillation_solutions",
+             "12_object_detection_solutions")  # whose smoke size misleads
+NOTEBOOKS = ("03", "04", "05", "06", "09", "11", "12")  # what `make reference` runs
 MISSING = ("No full-size reference record for `{notebook}` exists yet. `python -m distill_utils reference "
            "--only {notebook}` makes one per seed (hours on a laptop CPU); until then only this run's numbers "
            "are shown.")
