@@ -21,7 +21,7 @@ def test_numbers_match_a_hand_computation():
     half = 4.3027 * 0.1 / math.sqrt(3)
     assert c.ci == pytest.approx((1.1 - half, 1.1 + half), abs=1e-4)
     assert c.wins == 3 and c.verdict == "better"
-    assert c.sentence() == "KD beats scratch by 1.1 ± 0.1 points (3 seeds, every seed)"
+    assert c.sentence() == "KD beats scratch by 1.1 points (95% CI +0.9 to +1.3, paired over 3 seeds; every seed)"
     assert c._repr_markdown_() == c.sentence() == str(c)
 
 
@@ -30,13 +30,14 @@ def test_better_on_most_seeds_says_how_many():
     c = compare({s: 0.8 + x / 100 for s, x in enumerate(d)}, {s: 0.8 for s in range(5)}, "A", "B")
     assert c.diff == pytest.approx(statistics.mean(d)) and c.diff_std == pytest.approx(statistics.stdev(d))
     assert c.verdict == "better" and c.wins == 4
-    assert c.sentence() == "A beats B by 1.9 ± 1.2 points (5 seeds, 4 of 5)"
+    assert c.sentence() == "A beats B by 1.9 points (95% CI +0.4 to +3.4, paired over 5 seeds; 4 of 5)"
 
 
 def test_worse():
     c = compare({0: 0.80, 1: 0.81, 2: 0.79}, {0: 0.82, 1: 0.835, 2: 0.81}, "KD", "scratch")
     assert c.verdict == "worse" and c.wins == 0 and c.losses == 3
-    assert c.sentence() == "KD is worse than scratch by 2.2 ± 0.3 points (3 seeds, every seed)"
+    assert c.sentence() == ("KD is worse than scratch by 2.2 points (95% CI -2.9 to -1.4, paired over 3 seeds; "
+                            "every seed)")
 
 
 def test_no_measurable_difference_when_the_interval_holds_zero():
@@ -45,7 +46,8 @@ def test_no_measurable_difference_when_the_interval_holds_zero():
     low, high = c.ci
     assert low < 0 < high
     assert c.verdict == "no measurable difference"
-    assert c.sentence() == "no measurable difference between KD and scratch (+0.2 ± 0.8 points, 3 seeds)"
+    assert c.sentence() == ("no measurable difference between KD and scratch (+0.2 points, 95% CI -1.6 to +2.1, "
+                            "paired over 3 seeds)")
 
 
 def test_consistent_but_noisy_differences_are_not_enough():
@@ -62,7 +64,7 @@ def test_too_few_seeds_still_reports_numbers():
     # two seeds with a huge, consistent gain: still no verdict
     two = compare({0: 0.9, 1: 0.91}, {0: 0.8, 1: 0.8}, "KD", "scratch")
     assert two.verdict == "too few seeds"
-    assert two.sentence() == "too few seeds to conclude: KD vs scratch +10.5 ± 0.7 points (2 seeds; a verdict needs 3)"
+    assert two.sentence() == "too few seeds to conclude: KD vs scratch +10.5 points (2 seeds; a verdict needs 3)"
 
 
 def test_lower_is_better_flips_the_wording():
@@ -70,15 +72,18 @@ def test_lower_is_better_flips_the_wording():
     slow = {0: 2.0, 1: 2.2, 2: 2.1}
     c = compare(fast, slow, "int8", "fp32", higher_is_better=False, unit="ms", scale=1.0)
     assert c.diff == pytest.approx(-1.05) and c.wins == 3 and c.verdict == "better"
-    assert c.sentence() == "int8 beats fp32 by 1.05 ± 0.05 ms (lower is better; 3 seeds, every seed)"
+    assert c.sentence() == ("int8 beats fp32 by 1.1 ms (lower is better; 95% CI -1.2 to -0.9, paired over 3 seeds; "
+                            "every seed)")
     r = compare(slow, fast, "fp32", "int8", higher_is_better=False, unit="ms", scale=1.0)
-    assert r.verdict == "worse" and r.sentence().startswith("fp32 is worse than int8 by 1.05 ± 0.05 ms")
+    assert r.verdict == "worse" and r.sentence().startswith(
+        "fp32 is worse than int8 by 1.1 ms (lower is better; 95% CI +0.9 to +1.2")
 
 
 def test_timing_rounds_are_named_as_rounds():
     c = compare({0: 9.0, 1: 9.2, 2: 9.1}, {0: 12.0, 1: 12.1, 2: 12.3}, "int8", "fp32",
                 higher_is_better=False, unit="ms", scale=1.0, over="round")
-    assert c.sentence() == "int8 beats fp32 by 3.0 ± 0.2 ms (lower is better; 3 rounds, every round)"
+    assert c.sentence() == ("int8 beats fp32 by 3.0 ms (lower is better; 95% CI -3.4 to -2.7, paired over 3 rounds; "
+                            "every round)")
     assert c.verdict == "better" and c.as_dict()["over"] == "round"
     few = compare({0: 9.0}, {0: 12.0}, "int8", "fp32", higher_is_better=False, unit="ms", scale=1.0, over="round")
     assert few.sentence().startswith("too few rounds to conclude: int8 vs fp32 -3.0 ms (lower is better; 1 round;")

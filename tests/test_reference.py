@@ -39,7 +39,8 @@ def test_table_rows_come_from_the_records(tmp_path):
     full = next(line for line in lines if line.startswith("| all 60,000 labels, 15 epochs, crop + flip |"))
     # scratch 90.10 ± 0.10, distilled 91.13 ± 0.15; differences 1.0, 1.1, 1.0: 1.03 ± 0.06 of a 2.92-point gap: 35%
     assert "| 93.02% | 90.10 ± 0.10% | 91.13 ± 0.15% | 35% |" in full
-    assert full.endswith("KD beats scratch by 1.03 ± 0.06 points (3 seeds, every seed) |")
+    # the verdict's interval: 1.03 ± 4.3027 * 0.0577 / sqrt(3) = 0.89 to 1.18
+    assert full.endswith("KD beats scratch by 1.0 points (95% CI +0.9 to +1.2, paired over 3 seeds; every seed) |")
     few = next(line for line in lines if line.startswith("| 3000 labels, 15 epochs |"))
     assert "85.00 ± 0.20%" in few and "86.17 ± 0.15%" in few
     assert not any("transfer set" in line for line in lines)  # records without the metric: no row
@@ -56,7 +57,8 @@ def test_transfer_set_row(tmp_path):
     # scratch 85.0, 85.2, 84.8; transfer 91.0, 91.2, 90.5: +6.0, +6.0, +5.7 of an 8.02-point gap: 74%
     assert row.startswith("| 3000 labels vs the teacher alone on 60,000 images, labels hidden (a transfer set), "
                           "15 epochs | 93.02% | 85.00 ± 0.20% | 90.90 ± 0.36% | 74% | ")
-    assert row.endswith("| the transfer set beats scratch by 5.9 ± 0.2 points (3 seeds, every seed) |"), row
+    assert row.endswith("| the transfer set beats scratch by 5.9 points (95% CI +5.5 to +6.3, paired over 3 seeds; "
+                        "every seed) |"), row
 
 
 def test_missing_records_say_how_to_make_them(tmp_path):

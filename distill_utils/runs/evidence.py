@@ -4,7 +4,7 @@ A notebook that states an outcome of its own run ("KD helps here") computes the 
 
     from distill_utils.runs.evidence import compare
     compare({0: 0.861, 1: 0.858, 2: 0.866}, {0: 0.850, 1: 0.851, 2: 0.853}, "KD", "scratch")
-    # KD beats scratch by 1.0 ± 0.3 points (3 seeds, every seed)
+    # KD beats scratch by 1.0 points (95% CI +0.3 to +1.8, paired over 3 seeds; every seed)
 
 The two sides are paired by seed (same initial weights, same batch order), so the verdict
 looks at the per-seed differences ``d_i = a_i - b_i`` over the seeds both sides have:
@@ -16,8 +16,9 @@ looks at the per-seed differences ``d_i = a_i - b_i`` over the seeds both sides 
 * values so large that their differences or spread overflow: "cannot compare" (never a verdict
   drawn from a NaN interval).
 
-The ``±`` in a sentence is the standard deviation of the paired differences (not the
-interval). Results are multiplied by ``scale`` (accuracy in [0, 1] -> percentage points).
+A sentence shows the mean difference and the interval that decided it ("95% CI +0.3 to +1.7,
+paired over 3 seeds": the interval of the mean of ``a - b``, which always reads ``a`` minus ``b``).
+Results are multiplied by ``scale`` (accuracy in [0, 1] -> percentage points).
 """
 from __future__ import annotations
 
@@ -177,11 +178,16 @@ class Comparison:
         return "better" if a_higher == self.higher_is_better else "worse"
 
     def _amount(self, value: float, with_sign: bool = False) -> str:
-        d = _decimals(self.diff, self.diff_std)
-        text = f"{value:+.{d}f}" if with_sign else f"{abs(value):.{d}f}"
-        if self.n >= 2:
-            text += f" ± {self.diff_std:.{d}f}"
-        return f"{text} {self.unit}".rstrip()
+        d = self._decimals()
+        return f"{value:+.{d}f} {self.unit}".rstrip() if with_sign else f"{abs(value):.{d}f} {self.unit}".rstrip()
+
+    def _decimals(self) -> int:
+        return _decimals(self.diff, (self.ci[1] - self.ci[0]) / 2 if self.n >= 2 else math.nan)
+
+    def _interval(self) -> str:
+        """'95% CI +0.9 to +1.3, paired over 3 seeds': the interval of the mean of a - b that decides."""
+        d, (low, high) = self._decimals(), self.ci
+        return f"95% CI {low:+.{d}f} to {high:+.{d}f}, paired over {self.n} {self.over}s"
 
     def sentence(self) -> str:
         seeds = f"{self.n} {self.over}" + ("s" if self.n != 1 else "")
@@ -194,10 +200,10 @@ class Comparison:
             count = self.wins if verdict == "better" else self.losses
             how = f"every {self.over}" if count == self.n else f"{count} of {self.n}"
             verb = "beats" if verdict == "better" else "is worse than"
-            text = f"{self.name_a} {verb} {self.name_b} by {self._amount(self.diff)} ({lower}{seeds}, {how})"
+            text = f"{self.name_a} {verb} {self.name_b} by {self._amount(self.diff)} ({lower}{self._interval()}; {how})"
         elif verdict == "no measurable difference":
             text = (f"no measurable difference between {self.name_a} and {self.name_b} "
-                    f"({self._amount(self.diff, True)}, {lower}{seeds})")
+                    f"({self._amount(self.diff, True)}, {lower}{self._interval()})")
         else:
             text = (f"too few {self.over}s to conclude: {self.name_a} vs {self.name_b} "
                     f"{self._amount(self.diff, True)} ({lower}{seeds}; a verdict needs {MIN_SEEDS})")
