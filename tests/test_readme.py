@@ -38,6 +38,15 @@ def test_minutes_come_from_ok_records_and_only_their_rows_change(tmp_path):
     assert "written by `python -m distill_utils readme --minutes`" in new
 
 
+def test_the_note_is_rewritten_and_text_after_it_on_its_line_stays():
+    text = README.replace("on a 2-core CPU.", "on a 2-core CPU.\nThe CPU trains in fp32.")
+    once = readme_minutes.with_minutes(text, {"00_setup": 0.5}, ["`a`"])
+    assert once.count("Minutes are from the records") == 1 and "The CPU trains in fp32." in once
+    joined = once.replace("--minutes`.\nThe CPU", "--minutes`. The CPU")  # the next sentence on the note's line
+    twice = readme_minutes.with_minutes(joined, {"00_setup": 0.5}, ["`b`"])
+    assert "(`b`: each notebook's `wall_s`)" in twice and "--minutes`. The CPU trains in fp32." in twice
+
+
 def test_the_command_prints_then_writes(tmp_path, capsys):
     run = tmp_path / "run"
     write(run, "00_setup", wall_s=30.0)

@@ -18,7 +18,8 @@ from distill_utils.runs.experiments import read_record
 __all__ = ["minutes_from_records", "with_minutes", "gather"]
 
 ROW = re.compile(r"^\| `(?P<notebook>\d\d_[\w]+)\.ipynb` \|(?P<middle>.*)\| (?P<minutes>[\d.]+|—|-) \|$")
-NOTE = re.compile(r"^Minutes are (measured|from the records).*$", re.M)
+# the note under the table: through its own last sentence, so text after it on the same line stays
+NOTE = re.compile(r"^Minutes are (?:measured|from the records)(?:[^\n]*?--minutes`\.|[^\n]*)", re.M)
 
 
 def minutes_from_records(folder) -> dict[str, float]:
