@@ -170,6 +170,25 @@ def test_interleaved_timer_alternates_and_pairs_by_round():
         deploy.interleaved_ms(runners, rounds=1, repeats={"a": 1})
 
 
+def test_time_models_runs_every_model_at_every_batch_in_turn_each_round():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            seen.append((self.name, x.shape[0]))
+            return x
+
+    batches = {1: torch.zeros(1, 3), 8: torch.zeros(8, 3)}
+    times = deploy.time_models({"a": Probe("a"), "b": Probe("b")}, batches, rounds=2, repeats={1: 2, 8: 1})
+    assert set(times) == {("a", 1), ("a", 8), ("b", 1), ("b", 8)} and all(len(t) == 2 for t in times.values())
+    one_round = [("a", 1)] * 5 + [("a", 8)] * 4 + [("b", 1)] * 5 + [("b", 8)] * 4  # 3 warm-up calls + the timed ones
+    assert seen == one_round * 2
+
+
 def test_runners_leave_the_callers_model_alone(teacher_files):
     teacher, fp32, _ = teacher_files
     x = torch.randn(2, 1, 28, 28)

@@ -13,7 +13,14 @@ from distill_utils.deploy.quantize import (
     quantize_torch_int8,
     relu_before_pool,
 )
-from distill_utils.deploy.runtime import evaluate_onnx, latency_onnx, onnx_runner, predict_onnx, torch_runner
+from distill_utils.deploy.runtime import (
+    evaluate_onnx,
+    latency_onnx,
+    onnx_runner,
+    predict_onnx,
+    time_models,
+    torch_runner,
+)
 from distill_utils.deploy.timing import interleaved_ms, median_ms, paired_speedup, run_times
 
 __all__ = [
@@ -36,6 +43,7 @@ __all__ = [
     "onnx_runner",
     "torch_runner",
     "interleaved_ms",
+    "time_models",
     "paired_speedup",
     "median_ms",
     "run_times",

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from distill_utils.deploy.export import DeployError, check_images, fixed_batch, input_shape, session
-from distill_utils.deploy.timing import run_times
+from distill_utils.deploy.timing import interleaved_ms, run_times
 
-__all__ = ["predict_onnx", "evaluate_onnx", "latency_onnx", "onnx_runner", "torch_runner"]
+__all__ = ["predict_onnx", "evaluate_onnx", "latency_onnx", "onnx_runner", "torch_runner", "time_models"]
 
 
 def _run(sess, feed: dict, path) -> np.ndarray:
@@ -94,3 +94,13 @@ def latency_onnx(path, batch_size: int = 1, repeats: int = 30, warmup: int = 5, 
     q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
     return {"latency_ms": statistics.median(times), "latency_iqr_ms": q3 - q1, "threads": threads,
             "batch_size": batch_size}
+
+
+def time_models(models: dict, batches: dict, rounds: int, repeats: dict | None = None) -> dict:
+    """``{(name, batch size): [median ms of each round]}`` for the PyTorch ``models`` (``{name: model}``) on
+    each input of ``batches`` (``{batch size: tensor}``), in ``rounds`` interleaved rounds (``interleaved_ms``;
+    notebooks 05-07). ``repeats``: timed calls per round for each batch size (default 20 for one
+    image, 3 for larger batches)."""
+    repeats = repeats or {b: 20 if b == 1 else 3 for b in batches}
+    runners = {(name, b): torch_runner(model, x) for name, model in models.items() for b, x in batches.items()}
+    return interleaved_ms(runners, rounds, {key: repeats[key[1]] for key in runners})
