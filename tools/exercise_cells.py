@@ -32,8 +32,8 @@ EXERCISES = {
     "02_soft_targets_and_temperature": (
         Exercise("02-soft-targets", "A. Soft targets at temperature T",
                  "Write `my_soft_targets(logits, T)`, the softmax of `logits` (batch, classes) at temperature `T`, "
-                 "without looking at section 1. The check also tries what section 1 did not: `T` below 1, logits of "
-                 "±1000 (where `exp` overflows unless each row's maximum is subtracted first) and a single example.",
+                 "without looking at section 1. The check also tries what section 1 did not: `T < 1`, logits of "
+                 "`±1000` (where `exp` overflows unless each row's maximum is subtracted first) and a single example.",
                  "my_soft_targets", "check_soft_targets", "import torch",
                  _f('''
 def my_soft_targets(logits, T):
@@ -60,8 +60,8 @@ def my_kd_soft_term(student_logits, teacher_logits, T):
     "03_knowledge_distillation": (
         Exercise("03-kd-loss", "A. The KD loss from torch functions",
                  "Write `my_kd_loss(student_logits, teacher_logits, labels, T, alpha)` with torch functions only "
-                 "(`F.log_softmax`, `F.cross_entropy`; no `soft_kl`): `alpha` weights the soft term, `1 - alpha` "
-                 "the cross-entropy on the labels (section 1). The check tries `alpha` 0 and 1 too.",
+                 "(`F.log_softmax`, `F.cross_entropy`; no `soft_kl`): `alpha` weights the soft term, `1 - alpha` the "
+                 "cross-entropy on the labels (section 1). The check tries `alpha = 0` and `alpha = 1` too.",
                  "my_kd_loss", "check_kd_loss", "import torch\nimport torch.nn.functional as F",
                  _f('''
 def my_kd_loss(student_logits, teacher_logits, labels, T, alpha):
@@ -74,10 +74,10 @@ def my_kd_loss(student_logits, teacher_logits, labels, T, alpha):
     hard = F.cross_entropy(student_logits, labels)  # on the logits themselves, not softened
     return alpha * soft + (1 - alpha) * hard''')),
         Exercise("03-ece", "B. Expected calibration error",
-                 "Write `my_ece(logits, labels, bins)`: each prediction's confidence is its top softmax "
-                 "probability; put it in one of `bins` equal-width bins over [0, 1], and add up "
-                 "|accuracy − confidence| of each bin weighted by its share of the examples (section 2). "
-                 "A confidence of exactly 1.0 belongs in the last bin.",
+                 "Write `my_ece(logits, labels, bins)`: each prediction's confidence is its top softmax probability; "
+                 "put it in one of `bins` equal-width bins over $[0, 1]$, and add up |accuracy − confidence| of each "
+                 "bin weighted by its share of the examples (section 2). A confidence of exactly $1.0$ belongs in the "
+                 "last bin.",
                  "my_ece", "check_ece", "import torch",
                  _f('''
 def my_ece(logits, labels, bins=15):
@@ -98,7 +98,7 @@ def my_ece(logits, labels, bins=15):
         Exercise("04-attention-map", "A. The attention map",
                  "Write `my_attention_map(feat)`: (N, C, H, W) -> (N, H·W), the mean over channels of the squared "
                  "activations, flattened, with unit L2 norm per image (section 1). The check includes a block whose "
-                 "activations are all zero: its norm is 0.",
+                 "activations are all zero: its norm is $0$.",
                  "my_attention_map", "check_attention_map", "import torch\nimport torch.nn.functional as F",
                  _f('''
 def my_attention_map(feat):
@@ -125,8 +125,8 @@ def my_attention_loss(student_feat, teacher_feat):
         Exercise("05-global-threshold", "A. The global magnitude threshold",
                  "Write `my_global_threshold(weights, amount)`: one number, the |w| at or below which the fraction "
                  "`amount` of *all* the weights (a list of tensors, one per layer) lies (section 2). The check keeps "
-                 "every weight with |w| > your threshold and compares the masks with "
-                 "`prune_magnitude(..., scope=\"global\")`, at amounts 0 and 1 too.",
+                 "every weight with |w| > your threshold and compares the masks with `prune_magnitude(..., "
+                 "scope=\"global\")`, at `amount = 0` and `amount = 1` too.",
                  "my_global_threshold", "check_global_threshold", "import torch",
                  _f('''
 def my_global_threshold(weights, amount):
@@ -139,9 +139,10 @@ def my_global_threshold(weights, amount):
         return -1.0  # below every |w|: nothing is removed
     return torch.kthvalue(scores, k).values.item()''')),
         Exercise("05-cubic-sparsity", "B. The cubic sparsity schedule",
-                 "Write `my_cubic_sparsity(step, total_steps, final, initial=0.0)`, Zhu & Gupta's schedule "
-                 "s = final + (initial − final)(1 − step/total_steps)³ (section 3). After `total_steps` the "
-                 "sparsity stays at `final`.",
+                 "Write `my_cubic_sparsity(step, total_steps, final, initial=0.0)`, Zhu & Gupta's schedule $s = "
+                 "\\mathrm{final} + (\\mathrm{initial} - \\mathrm{final})\\,"
+                 "(1 - \\mathrm{step} / \\mathrm{total\\_steps})^3$"
+                 " (section 3). After `total_steps` the sparsity stays at `final`.",
                  "my_cubic_sparsity", "check_cubic_sparsity", "",
                  _f('''
 def my_cubic_sparsity(step, total_steps, final, initial=0.0):
@@ -223,9 +224,9 @@ def my_pareto_front(accuracy, cost):
     ),
     "09_quantize_and_deploy": (
         Exercise("09-scale-zero-point", "A. Scale and zero point",
-                 "Write `my_scale_zero_point(lo, hi)`: the uint8 `(scale, zero_point)` for the float range "
-                 "[lo, hi] (section 1). Widen the range to include 0 first, so that 0.0 is exact; for an all-zero "
-                 "tensor (lo = hi = 0) use scale 1.0 and zero point 0, as `deploy.int8_params` does.",
+                 "Write `my_scale_zero_point(lo, hi)`: the uint8 `(scale, zero_point)` for the float range [lo, hi] "
+                 "(section 1). Widen the range to include $0$ first, so that $0.0$ is exact; for an all-zero tensor "
+                 "(`lo = hi = 0`) use `scale = 1.0` and `zero_point = 0`, as `deploy.int8_params` does.",
                  "my_scale_zero_point", "check_scale_zero_point", "",
                  _f('''
 def my_scale_zero_point(lo, hi):
