@@ -52,7 +52,7 @@ def plot_confusion(matrix: torch.Tensor, classes, title: str = "confusion matrix
                 ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if rates[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class (each row sums to 1)")
     fig.tight_layout()
     return fig
 
