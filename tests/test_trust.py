@@ -207,3 +207,11 @@ def test_onnx_files_are_verified_like_checkpoints(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("DISTILL_SIGNING_KEY", "another-key-0123456789")
     assert cli.main(["verify", str(path)]) == 1
     assert "the signature of m.onnx does not match" in capsys.readouterr().err
+
+
+def test_lineage_says_what_each_training_step_read():
+    made = (Lineage().then("prune_channels", amount=0.7).then("fit", images=6000, epochs=2)
+            .then("distill", T=4.0, alpha=1.0, images=10000, epochs=1).then("distill", T=4.0, alpha=0.5, images="all",
+                                                                              epochs=3))
+    assert made.training() == "6,000 x 2 (labels) + 10,000 x 1 (teacher only) + all x 3 (labels)"
+    assert Lineage().then("prune_channels", amount=0.5).training() == ""  # no step trained

@@ -77,6 +77,17 @@ class Lineage:
                              "strings, lists or dicts (e.g. float(x), a criterion's name)") from None
         return dataclasses.replace(self, steps=(*self.steps, copy.deepcopy(step)))
 
+    def training(self) -> str:
+        """What the model was trained on since its parents, e.g. ``"6,000 x 2 (labels) + 10,000 x 1 (teacher
+        only)"``: images x epochs of each step that trained, and whether it read labels (KD with ``alpha = 1``
+        reads none); ``""`` when no step trained (notebooks 07 and 09 print it beside each model)."""
+        def images(step) -> str:
+            return f"{step['images']:,}" if isinstance(step.get("images"), int) else str(step.get("images", "?"))
+
+        def reads(step) -> str:
+            return "teacher only" if step["op"] == "distill" and step.get("alpha") == 1.0 else "labels"
+        return " + ".join(f"{images(s)} x {s['epochs']} ({reads(s)})" for s in self.steps if "epochs" in s)
+
     def record(self) -> dict:
         """The JSON record stored in a manifest or an ONNX file: ``{"parents": [...], "steps": [...]}``."""
         return {"parents": copy.deepcopy(list(self.parents)), "steps": copy.deepcopy(list(self.steps))}
