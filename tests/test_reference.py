@@ -244,6 +244,9 @@ def test_beside_says_when_this_run_turns_the_recorded_answer_around():
     assert "This run agrees" in reference.beside(agreeing, recorded, record, "6 epochs")
     differs = reference.beside(unresolved, recorded, record, "6 epochs")
     assert "(no measurable difference) differs" in differs and "opposite" not in differs
+    one_seed = reference.compare_recorded(_record({0: 0.90}, {0: 0.88}), ("test_acc", "a"), ("test_acc", "b"), "a", "b")
+    incomplete = reference.beside(opposite, one_seed, record, "6 epochs")
+    assert "not complete yet" in incomplete and "differs" not in incomplete and "opposite" not in incomplete
 
 
 def test_solutions_parameter_file_names_only_what_the_solutions_declare(tmp_path, monkeypatch):

@@ -111,6 +111,8 @@ def beside(this_run: Comparison, recorded: Comparison, record: dict, size: str) 
     Opposite verdicts are said in so many words: the smaller run does not answer the question."""
     text = f"**Recorded run** ({size}; {describe(record)}): {recorded.sentence()}."
     verdicts = {this_run.verdict, recorded.verdict}
+    if recorded.verdict == "too few seeds":
+        return text + " The recorded run is not complete yet, so it answers nothing so far."
     if this_run.verdict == recorded.verdict:
         return text + " This run agrees with it."
     if verdicts == {"better", "worse"}:
