@@ -50,6 +50,14 @@ def test_no_measurable_difference_when_the_interval_holds_zero():
                             "paired over 3 seeds)")
 
 
+def test_an_interval_end_close_to_zero_keeps_its_digits():
+    # differences -0.3, -0.55, -0.65 points: the interval ends at -0.05
+    c = compare({0: 0.800, 1: 0.800, 2: 0.800}, {0: 0.803, 1: 0.8055, 2: 0.8065}, "masked", "unmasked")
+    low, high = c.ci
+    assert c.verdict == "worse" and -0.1 < high < 0  # the interval ends just below zero
+    assert f"95% CI {low:+.2f} to {high:+.2f}" in c.sentence() and "-0.0," not in c.sentence()
+
+
 def test_consistent_but_noisy_differences_are_not_enough():
     # a positive difference on every seed, yet too spread for 3 seeds to rule out zero
     c = compare({0: 0.81, 1: 0.82, 2: 0.81}, {0: 0.80, 1: 0.80, 2: 0.80}, "A", "B")

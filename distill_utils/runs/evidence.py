@@ -182,7 +182,9 @@ class Comparison:
         return f"{value:+.{d}f} {self.unit}".rstrip() if with_sign else f"{abs(value):.{d}f} {self.unit}".rstrip()
 
     def _decimals(self) -> int:
-        return _decimals(self.diff, (self.ci[1] - self.ci[0]) / 2 if self.n >= 2 else math.nan)
+        """Enough decimals for the difference, the interval's half-width and both its ends (an end close to
+        zero is shown as -0.04, not -0.0)."""
+        return _decimals(self.diff, *(((self.ci[1] - self.ci[0]) / 2, *self.ci) if self.n >= 2 else ()))
 
     def _interval(self) -> str:
         """'95% CI +0.9 to +1.3, paired over 3 seeds': the interval of the mean of a - b that decides."""
