@@ -179,7 +179,8 @@ class Comparison:
 
     def _amount(self, value: float, with_sign: bool = False) -> str:
         d = self._decimals()
-        return f"{value:+.{d}f} {self.unit}".rstrip() if with_sign else f"{abs(value):.{d}f} {self.unit}".rstrip()
+        text = f"{value:+.{d}f}" if with_sign else f"{abs(value):.{d}f}"
+        return f"{text} {self.unit}".rstrip()
 
     def _decimals(self) -> int:
         """Enough decimals for the difference, the interval's half-width and both its ends (an end close to
