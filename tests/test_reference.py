@@ -79,7 +79,7 @@ def test_update_readme_rewrites_only_between_the_markers(tmp_path):
     text = readme.read_text()
     last_end = tables.markers(list(tables.TABLES)[-1])[1]
     assert text.startswith("before\n") and text.endswith(f"{last_end}\nafter\n") and "\nold" not in text
-    assert f"{kd_end}\nmiddle\n{tables.markers('pruning')[0]}\nNo reference records yet" in text
+    assert f"{kd_end}\nmiddle\n{tables.markers('feature')[0]}\nNo reference record yet" in text
     assert "too few seeds to conclude" in text  # one seed: no verdict
     assert tables.update_readme(readme, tmp_path / "ref") is False  # idempotent
     readme.write_text("no markers here\n")
@@ -261,6 +261,24 @@ def test_solutions_parameter_file_names_only_what_the_solutions_declare(tmp_path
     (paths, seeds), kwargs = calls[0]
     assert paths == [str(solutions[1])] and seeds == [1]
     assert kwargs["folder"] == reference.SOLUTIONS_DIR and kwargs["params_file"].name == "solutions.yaml"
+
+
+def test_feature_table_rows_and_verdicts_come_from_the_record(tmp_path):
+    accuracy = {"scratch": 0.900, "KD": 0.905, "KD + hints": 0.915, "KD + attention": 0.903}  # no DKD recorded
+    seeds = {str(s): {"metrics": {"teacher_acc": 0.93,
+                                  **{f"per_seed.{m}": {str(s): a + s / 1000} for m, a in accuracy.items()}}}
+             for s in range(3)}
+    record = {"notebook": "04_feature_distillation", "params_file": "params/full.yaml", "seeds": seeds,
+              "parameters": {"labelled_images": 60000, "epochs": 15, "T": 4.0, "alpha": 0.9, "layer": 1}}
+    (tmp_path / "04_feature_distillation.json").write_text(json.dumps(record))
+    table = tables.feature_table(tmp_path)
+    assert "on 60,000 labelled images x 15 epochs" in table and "3 seeds (0, 1, 2)" in table
+    assert "| teacher | 93.00 ± 0.00% | - |" in table and "| scratch | 90.10 ± 0.10% | - |" in table
+    assert "| KD | 90.60 ± 0.10% | KD beats scratch by 0.5" in table
+    assert "| KD + hints | 91.60 ± 0.10% | KD + hints beats KD by 1.0" in table
+    assert "| KD + attention | 90.40 ± 0.10% | KD + attention is worse than KD by 0.2" in table
+    assert "DKD" not in table  # no row for a method the record lacks
+    assert tables.feature_table(tmp_path / "none").startswith("No reference record yet")
 
 
 def test_transformer_table_rows_and_verdicts_come_from_the_record(tmp_path):

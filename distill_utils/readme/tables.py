@@ -14,7 +14,7 @@ from distill_utils.readme.writer import between_markers, rewrite
 from distill_utils.runs.evidence import compare
 from distill_utils.runs.reference import REFERENCE_DIR, describe, load, per_seed
 
-__all__ = ["kd_table", "pruning_table", "final_table", "search_table", "transformer_table", "detection_table",
+__all__ = ["kd_table", "feature_table", "pruning_table", "final_table", "search_table", "transformer_table", "detection_table",
            "TABLES", "markers", "update_readme"]
 
 
@@ -60,6 +60,33 @@ def kd_table(folder=None) -> str:
             f"T={p.get('T')}, alpha={p.get('alpha')}, {describe(record)}:\n\n"
             "| setting | teacher | student from scratch | distilled student | gap closed | verdict |\n"
             "|---|---|---|---|---|---|")
+    return "\n".join([head, *rows])
+
+
+FEATURE_METHODS = ("KD + hints", "KD + attention", "DKD")  # notebook 04's methods judged against KD
+
+
+def feature_table(folder=None) -> str:
+    """The README's feature-distillation table (notebook 04), from ``04_feature_distillation.json``:
+    each method over the seeds, with KD judged against scratch and every other method against KD."""
+    record = load("04_feature_distillation", folder)
+    if record is None:
+        return ("No reference record yet: `python -m distill_utils reference --only 04` writes "
+                "`data/reference/04_feature_distillation.json`, then `--readme` fills this table.")
+    acc = {m: per_seed(record, f"per_seed.{m}") for m in ("scratch", "KD", *FEATURE_METHODS)}
+    teacher = per_seed(record, "teacher_acc")
+    rows = [f"| teacher | {_percent(teacher.values())} | - |"]
+    for method, values in acc.items():
+        if not values:
+            continue
+        base = "scratch" if method == "KD" else "KD"
+        verdict = "-" if method == "scratch" else compare(values, acc[base], method, base).sentence()
+        rows.append(f"| {method} | {_percent(values.values())} | {verdict} |")
+    p = record["parameters"]
+    head = (f"Fashion-MNIST, `{p.get('student_name', 'student_cnn')}` (width {p.get('student_width', 1.0)}) on "
+            f"{p.get('labelled_images'):,} labelled images x {p.get('epochs')} epochs, T={p.get('T')}, "
+            f"alpha={p.get('alpha')}, features of block {p.get('layer')}; {describe(record)}:\n\n"
+            "| method | test accuracy | verdict |\n|---|---|---|")
     return "\n".join([head, *rows])
 
 
@@ -317,7 +344,7 @@ def detection_table(folder=None) -> str:
                       "the deployed model:", "", *(f"- {g}" for g in goals)])
 
 
-TABLES = {"kd": kd_table, "pruning": pruning_table, "final": final_table,
+TABLES = {"kd": kd_table, "feature": feature_table, "pruning": pruning_table, "final": final_table,
           "search": search_table, "transformer": transformer_table,
           "detection": detection_table}  # README marker name -> table
 
