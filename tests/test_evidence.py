@@ -97,6 +97,14 @@ def test_timing_rounds_are_named_as_rounds():
     assert few.sentence().startswith("too few rounds to conclude: int8 vs fp32 -3.0 ms (lower is better; 1 round;")
 
 
+def test_latency_rounds_are_compared_paired_by_round():
+    from distill_utils.runs.evidence import compare_latency
+    c = compare_latency([9.0, 9.2, 9.1], [12.0, 12.1, 12.3], "int8", "fp32")  # deploy.time_models' lists
+    assert c.sentence() == ("int8 beats fp32 by 3.0 ms (lower is better; 95% CI -3.4 to -2.7, paired over 3 rounds; "
+                            "every round)")
+    assert compare_latency([9.0, 9.1, 9.3], [9.2, 8.9, 9.2], "a", "b").verdict == "no measurable difference"
+
+
 def test_seeds_are_paired_and_unpaired_ones_left_out():
     # seed 3 only in a, seed 9 only in b; string seeds (from JSON) count as the same seeds
     a = {"0": 0.86, "1": 0.87, "2": 0.85, "3": 0.10}

@@ -249,6 +249,20 @@ def test_beside_says_when_this_run_turns_the_recorded_answer_around():
     assert "not complete yet" in incomplete and "differs" not in incomplete and "opposite" not in incomplete
 
 
+def test_this_and_recorded_puts_this_run_first_and_sizes_the_record_from_its_parameters():
+    from distill_utils.runs.evidence import compare
+    record = _record({0: 0.90, 1: 0.91, 2: 0.92}, {0: 0.88, 1: 0.885, 2: 0.89})
+    this_run = compare({0: 0.80, 1: 0.81, 2: 0.80}, {0: 0.85, 1: 0.86, 2: 0.86}, "a", "b")
+    text = reference.this_and_recorded(this_run, "1 epoch", record, ("test_acc", "a"), ("test_acc", "b"),
+                                       "{epochs} epochs")
+    first, second = text.split(" **Recorded run**")
+    assert first == f"**This run** (1 epoch): {this_run.sentence()}."
+    second = "**Recorded run**" + second
+    assert second.startswith("**Recorded run** (6 epochs; ") and "a beats b by 2.5" in second and "opposite" in second
+    missing = reference.this_and_recorded(this_run, "1 epoch", None, "a", "b", "{epochs} epochs")
+    assert missing.startswith("**This run** (1 epoch)") and "reference --solutions` makes one" in missing
+
+
 def test_solutions_parameter_file_names_only_what_the_solutions_declare(tmp_path, monkeypatch):
     from distill_utils.runs.experiments import check_parameter_names
     from distill_utils.runs.params import read_parameter_file

@@ -14,8 +14,8 @@ from distill_utils.readme.writer import between_markers, rewrite
 from distill_utils.runs.evidence import compare
 from distill_utils.runs.reference import REFERENCE_DIR, describe, load, per_seed
 
-__all__ = ["kd_table", "feature_table", "pruning_table", "final_table", "search_table", "transformer_table", "detection_table",
-           "TABLES", "markers", "update_readme"]
+__all__ = ["kd_table", "feature_table", "pruning_table", "final_table", "search_table", "transformer_table",
+           "detection_table", "TABLES", "markers", "update_readme"]
 
 
 def _pm(values, fmt: str = ".2f", unit: str = "") -> str:

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-__all__ = ["Comparison", "compare", "summary", "t_quantile", "MIN_SEEDS"]
+__all__ = ["Comparison", "compare", "compare_latency", "summary", "t_quantile", "MIN_SEEDS"]
 
 MIN_SEEDS = 3  # fewer paired seeds than this never give a verdict
 
@@ -254,6 +254,12 @@ def compare(a: Mapping, b: Mapping, name_a: str, name_b: str, *, higher_is_bette
                       unit=unit, higher_is_better=higher_is_better,
                       unpaired={k: v for k, v in unpaired.items() if v}, over=over)
 
+
+def compare_latency(rounds_a, rounds_b, name_a: str, name_b: str) -> Comparison:
+    """``compare`` of two models' latencies (ms) measured in the same interleaved timing rounds
+    (``deploy.time_models``: one median per round), paired by round; lower is better."""
+    return compare(dict(enumerate(rounds_a)), dict(enumerate(rounds_b)), name_a, name_b,
+                   higher_is_better=False, unit="ms", scale=1.0, over="round")
 
 def summary(results: Mapping[str, Mapping], scale: float = 100.0):
     """A DataFrame with one row per method: ``method, mean, std, n`` over its seeds (scaled)."""

@@ -25,13 +25,13 @@ from distill_utils.runs.evidence import Comparison, compare
 from distill_utils.runs.experiments import REPO, read_record, record_path, resolve_notebooks, run_sequence
 
 __all__ = ["REFERENCE_DIR", "SOLUTIONS_DIR", "NOTEBOOKS", "MISSING", "load", "per_seed", "describe", "compare_recorded",
-           "beside", "run_reference", "run_solutions", "add_seed"]
+           "beside", "this_and_recorded", "run_reference", "run_solutions", "add_seed"]
 
 REFERENCE_DIR = REPO / "data" / "reference"
 FULL = REPO / "params" / "full.yaml"
 SOLUTIONS_DIR = REFERENCE_DIR / "solutions"  # worked solutions run at their exercises' sizes (params/solutions.yaml)
 SOLUTIONS = ("01_teacher_training_solutions", "03_knowledge_distillation_solutions",
-             "12_object_detection_solutions")  # whose smoke size misleads
+             "04_feature_distillation_solutions", "12_object_detection_solutions")  # whose smoke size misleads
 NOTEBOOKS = ("03", "04", "05", "06", "09", "11", "12")  # what `make reference` runs
 MISSING = ("No full-size reference record for `{notebook}` exists yet. `python -m distill_utils reference "
            "--only {notebook}` makes one per seed (hours on a laptop CPU); until then only this run's numbers "
@@ -121,6 +121,18 @@ def beside(this_run: Comparison, recorded: Comparison, record: dict, size: str) 
     return (text + f" This run's verdict ({this_run.verdict}) differs from it: at this size the difference "
             "is not resolved the same way; the recorded run is the answer to the exercise.")
 
+
+
+def this_and_recorded(this_run: Comparison, this_size: str, record: dict | None, key_a, key_b, size: str) -> str:
+    """Markdown: this run's verdict (``this_size`` says how big it was), then ``beside`` (one paragraph) for the same
+    comparison of the record's metrics ``key_a`` and ``key_b``; ``size`` is formatted with the record's
+    parameters (e.g. ``"{labelled_images:,} images"``). Without a record, says how to make one."""
+    text = f"**This run** ({this_size}): {this_run.sentence()}."
+    if record is None:
+        return text + (" No recorded run at the exercise's size yet: `python -m distill_utils reference "
+                       "--solutions` makes one.")
+    recorded = compare_recorded(record, key_a, key_b, this_run.name_a, this_run.name_b)
+    return text + " " + beside(this_run, recorded, record, size.format(**record["parameters"]))
 
 def _parameters_for_seed(declared: set, seed: int) -> dict:
     own = {"seed": seed}
