@@ -261,6 +261,7 @@ def compare_latency(rounds_a, rounds_b, name_a: str, name_b: str) -> Comparison:
     return compare(dict(enumerate(rounds_a)), dict(enumerate(rounds_b)), name_a, name_b,
                    higher_is_better=False, unit="ms", scale=1.0, over="round")
 
+
 def summary(results: Mapping[str, Mapping], scale: float = 100.0):
     """A DataFrame with one row per method: ``method, mean, std, n`` over its seeds (scaled)."""
     import pandas as pd

@@ -122,7 +122,6 @@ def beside(this_run: Comparison, recorded: Comparison, record: dict, size: str) 
             "is not resolved the same way; the recorded run is the answer to the exercise.")
 
 
-
 def this_and_recorded(this_run: Comparison, this_size: str, record: dict | None, key_a, key_b, size: str) -> str:
     """Markdown: this run's verdict (``this_size`` says how big it was), then ``beside`` (one paragraph) for the same
     comparison of the record's metrics ``key_a`` and ``key_b``; ``size`` is formatted with the record's
@@ -133,6 +132,7 @@ def this_and_recorded(this_run: Comparison, this_size: str, record: dict | None,
                        "--solutions` makes one.")
     recorded = compare_recorded(record, key_a, key_b, this_run.name_a, this_run.name_b)
     return text + " " + beside(this_run, recorded, record, size.format(**record["parameters"]))
+
 
 def _parameters_for_seed(declared: set, seed: int) -> dict:
     own = {"seed": seed}
