@@ -156,7 +156,7 @@ class Objective:
     def __init__(self, study, config: dict, ctx, options: SearchOptions, lock: WorkerLock):
         self.study, self.config, self.ctx, self.options = study, config, ctx, options
         self.worker = {"token": lock.token, "lock": str(lock.path)}  # what tells whether this worker still runs
-        self.ran = 0
+        self.ran, self.said = 0, {}  # said: trial number -> its line, printed once the database holds its result
 
     def __call__(self, trial):
         import optuna
@@ -235,9 +235,17 @@ class Objective:
         return metrics
 
     def _say(self, trial, full: dict, start: float, status: str) -> None:
-        if self.options.progress:
-            print(f"trial {trial.number:3d} ({full['model']}, {time.perf_counter() - start:.0f} s): {status}",
-                  flush=True)
+        seconds = time.perf_counter() - start
+        self.said[trial.number] = f"trial {trial.number:3d} ({full['model']}, {seconds:.0f} s): {status}"
+
+    def after(self, study, trial) -> None:
+        """``study.optimize``'s callback, run once the trial's result is stored: print its line, stop when enough.
+        Printed only now, so a worker killed before its result is stored has printed nothing for that trial."""
+        line = self.said.pop(trial.number, None)
+        if line and self.options.progress:
+            print(line, flush=True)
+        if enough(study, self.options):
+            study.stop()
 
 
 @contextlib.contextmanager
@@ -264,8 +272,7 @@ def work(config: dict, options: SearchOptions, worker: int = 0, threads: int | N
         if enough(study, options):
             return 0
         objective = Objective(study, config, candidates.context(config), options, lock)
-        study.optimize(objective, catch=(TrialFailed,),
-                       callbacks=[lambda study, _trial: study.stop() if enough(study, options) else None])
+        study.optimize(objective, catch=(TrialFailed,), callbacks=[objective.after])
         return objective.ran
 
 
