@@ -148,6 +148,21 @@ def test_failing_trial_is_recorded_and_the_study_goes_on_then_resumes(tiny, tmp_
         S.search(other, 5, out, progress=False)
 
 
+def test_a_trials_line_is_printed_only_once_the_study_holds_its_result(tiny, tmp_path, monkeypatch):
+    # a worker killed between printing a trial and storing its result would print a trial that then fails
+    from distill_utils.runs.search import workers
+    out, seen = tmp_path / "study", []
+
+    def checked_print(line, **kwargs):
+        trial = int(line.split()[1])
+        state = S.trials_table(out).set_index("trial").loc[trial, "state"]
+        seen.append((trial, state))
+
+    monkeypatch.setattr(workers, "print", checked_print, raising=False)
+    S.search(tiny, 2, out, progress=True)
+    assert [t for t, _ in seen] == [0, 1] and all(state == "complete" for _, state in seen), seen
+
+
 def test_summary_trains_the_front_again_with_more_seeds_and_keeps_what_it_trained(tiny, tmp_path, monkeypatch):
     out = tmp_path / "seeds"
     df = S.search(tiny, 3, out, progress=False)
