@@ -347,7 +347,8 @@ def test_detection_table_rows_verdicts_and_goals_come_from_the_record(tmp_path):
     assert "heatmap KD beats scratch by 4.0" in table and "gap to the teacher closed per seed: 11%, 11%, 11%" in table
     # each goal says whether it was reached, and a miss comes with the figures behind it
     assert "on every seed: **not reached** (the best method, both: 13%, 13%, 13%)" in table
-    assert ("seed 2: 7.9x smaller (**not reached**), 7.5x / 5.3x faster at batch 1 / 64 (reached), mAP@.5 28.00 "
-            "points below the teacher's (**not reached**); it has 4.00x fewer parameters and 5.00x fewer FLOPs") in table
+    assert ("seed 2: 7.9x smaller (**not reached**), 7.5x / 5.3x faster at batch 1 / 64 (reached), mAP@.5 "
+            "28.00 points below the teacher's (**not reached**); it has 4.00x fewer parameters and 5.00x fewer "
+            "FLOPs") in table
     assert "weights about 16.0x smaller" in table
     assert tables.detection_table(tmp_path / "none").startswith("No reference record yet")
